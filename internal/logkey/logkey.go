@@ -16,4 +16,5 @@ const (
 	Duration  = "duration"
 	Path      = "path"
 	Lab       = "lab"
+	Op        = "op"
 )

@@ -1,0 +1,25 @@
+// Package dataplane reconciles a plan.State into the kernel of one network
+// namespace through netlink and nftables.
+//
+// Apply is a three-step pipeline:
+//
+//	observe (netlink dumps, nft list)  ->  diff (pure)  ->  execute (netlink, one nft batch)
+//	   only objects tulle owns              []op sorted       adds before deletes
+//
+// tulle owns, and Apply only ever reads, changes or deletes:
+//
+//   - the bridge named by State.Bridge (created if missing, never deleted:
+//     workloads may be attached to it);
+//   - links of type vxlan named plan.VXLANPrefix+"*" (a stale one is deleted);
+//   - permanent neighbour and FDB entries on tulle's VXLAN device;
+//   - routes with protocol plan.RouteProtocol in the main table;
+//   - the nftables table "inet tulle";
+//   - net.ipv4.ip_forward, which it only ever turns on.
+//
+// Routes of other protocols, other links and other nftables tables are never
+// touched. A second Apply of the same state makes no change, and anything
+// changed behind tulle's back is restored by the next Apply (the agent's
+// periodic resync).
+//
+// dataplane imports plan, netns and logkey; plan must not import it.
+package dataplane
