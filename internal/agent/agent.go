@@ -133,7 +133,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		snaps := make(chan subnet.Snapshot, 1)
+		snaps := make(chan subnet.Snapshot) // Watch keeps only the newest pending snapshot
 		g.Go(func() error { return mgr.KeepAlive(gctx) })
 		g.Go(func() error { return mgr.Watch(gctx, snaps) })
 		g.Go(func() error { return a.watchKernel(gctx) })
@@ -147,10 +147,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if own, ok := mgr.Current(); ok && a.o.ReleaseOnExit {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if rerr := mgr.Release(rctx); rerr != nil {
+		if rerr := mgr.Release(rctx); rerr != nil { // Release logs success itself
 			err = errors.Join(err, fmt.Errorf("release lease %s: %w", own.Subnet, rerr))
-		} else {
-			a.log.Info("lease released", logkey.Subnet, own.Subnet)
 		}
 	}
 	return err
@@ -186,7 +184,7 @@ func (a *Agent) setup(ctx context.Context, mgr *subnet.Manager) (plan.Input, err
 	if err != nil {
 		return plan.Input{}, fmt.Errorf("acquire subnet for node %q: %w", a.o.NodeName, err)
 	}
-	a.log.Info("lease acquired", logkey.Subnet, own.Subnet, logkey.PublicIP, own.PublicIP,
+	a.log.Info("node set up", logkey.Subnet, own.Subnet, logkey.PublicIP, own.PublicIP,
 		"backend", cfg.Backend.Type, "underlay", under.Name, "mtu", cfg.WorkloadMTU(under.MTU))
 	a.m.setLease(own.Subnet.String())
 	return plan.Input{Config: cfg, Self: own, Local: local}, nil
@@ -246,7 +244,7 @@ func (a *Agent) loop(ctx context.Context, dp *dataplane.Dataplane, snaps <-chan 
 		}
 		st, err := a.reconcile(ctx, dp, in, reason)
 		if err != nil {
-			a.log.Error("reconcile failed", "reason", reason, logkey.Err, err)
+			a.log.Error("reconcile failed", logkey.Reason, reason, logkey.Err, err)
 			continue
 		}
 		if !slices.Equal(st.Warnings, lastWarn) {
@@ -287,9 +285,9 @@ func (a *Agent) reconcile(ctx context.Context, dp *dataplane.Dataplane, in plan.
 	a.lastOK.Store(time.Now().UnixNano())
 	// Drift (changes without a lease change) is logged by the dataplane.
 	if ch.Len() > 0 && reason == "leases" {
-		a.log.Info("reconciled", "reason", reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
+		a.log.Info("reconciled", logkey.Reason, reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
 	} else {
-		a.log.Debug("reconciled", "reason", reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
+		a.log.Debug("reconciled", logkey.Reason, reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
 	}
 	return st, nil
 }

@@ -17,4 +17,7 @@ const (
 	Path      = "path"
 	Lab       = "lab"
 	Op        = "op"
+	Key       = "key"
+	Reason    = "reason"
+	TTL       = "ttl"
 )
