@@ -1,0 +1,376 @@
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNames(t *testing.T) {
+	if got := switchNS("tl"); got != "tl-sw" {
+		t.Errorf("switchNS = %q", got)
+	}
+	if got := containerNS("te1", 10, 2); got != "te1-n10c2" {
+		t.Errorf("containerNS = %q", got)
+	}
+	if got := nodeIP(3); got != netip.MustParseAddr("10.250.0.13") {
+		t.Errorf("nodeIP(3) = %s", got)
+	}
+	if got := etcdEndpoint(); got != "http://10.250.0.1:2379" {
+		t.Errorf("etcdEndpoint = %q", got)
+	}
+	// The longest names stay far below the limits: namespace names are
+	// files, and interface names (switch ports) must fit in 15 bytes.
+	if n := len(containerNS("abcdef", maxNodes, maxContainers)); n > 20 {
+		t.Errorf("longest container netns name is %d bytes", n)
+	}
+	if n := len(switchPort(maxNodes)); n > 15 {
+		t.Errorf("switch port name is %d bytes", n)
+	}
+}
+
+func TestIsLabNS(t *testing.T) {
+	for _, tc := range []struct {
+		lab, ns string
+		want    bool
+	}{
+		{"tl", "tl-sw", true},
+		{"tl", "tl-n1", true},
+		{"tl", "tl-n12c3", true},
+		{"tl", "tl-n0", false},
+		{"tl", "tl-n01", false},
+		{"tl", "tl-n1c", false},
+		{"tl", "tl-x1", false},
+		{"tl", "tl1-n1", false},
+		{"te1", "te12-n1", false},
+		{"tl", "tl-sw2", false},
+		{"tl", "tl-n1c2c3", false},
+		{"tl", "cni-1234", false},
+	} {
+		if got := isLabNS(tc.lab, tc.ns); got != tc.want {
+			t.Errorf("isLabNS(%q, %q) = %t, want %t", tc.lab, tc.ns, got, tc.want)
+		}
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    Target
+		wantErr bool
+	}{
+		{in: "node1", want: Target{Node: 1}},
+		{in: "node12/c3", want: Target{Node: 12, Container: 3}},
+		{in: "node0", wantErr: true},
+		{in: "n1", wantErr: true},
+		{in: "node1/", wantErr: true},
+		{in: "node1/x1", wantErr: true},
+		{in: "node1/c01", wantErr: true},
+		{in: "", wantErr: true},
+	} {
+		got, err := ParseTarget(tc.in)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("ParseTarget(%q) = %+v, %v; want %+v, err %t", tc.in, got, err, tc.want, tc.wantErr)
+		}
+		if err == nil && got.String() != tc.in {
+			t.Errorf("Target(%q).String() = %q", tc.in, got.String())
+		}
+	}
+}
+
+func TestOptionsValidate(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "tulle")
+	cni := filepath.Join(dir, "tulle-cni")
+	for _, p := range []string{exe, cni} {
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := Options{TulleBin: exe}
+	for _, tc := range []struct {
+		name    string
+		mod     func(*Options)
+		wantErr string // substring; empty: valid
+	}{
+		{"defaults", func(*Options) {}, ""},
+		{"host-gw", func(o *Options) { o.Backend = "host-gw" }, ""},
+		{"bad backend", func(o *Options) { o.Backend = "udp" }, `backend "udp"`},
+		{"long name", func(o *Options) { o.Name = "abcdefg" }, `name "abcdefg"`},
+		{"dash in name", func(o *Options) { o.Name = "a-b" }, `name "a-b"`},
+		{"upper name", func(o *Options) { o.Name = "Tl" }, `name "Tl"`},
+		{"too many nodes", func(o *Options) { o.Nodes = 101 }, "nodes 101"},
+		{"negative containers", func(o *Options) { o.Containers = -1 }, "containers -1"},
+		{"short resync", func(o *Options) { o.Resync = time.Millisecond }, "resync 1ms"},
+		{"relative root", func(o *Options) { o.StateRoot = "labs" }, `state root "labs"`},
+		{"missing plugin", func(o *Options) { o.CNIBin = filepath.Join(dir, "nope") }, "plugin binary"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := base
+			tc.mod(&o)
+			o, err := o.withDefaults()
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = o.validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				if o.CNIBin != cni {
+					t.Errorf("CNIBin = %q, want %q", o.CNIBin, cni)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("validate = %v, want ErrInvalid naming %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestNetworkConfig(t *testing.T) {
+	for _, b := range []string{"vxlan", "host-gw"} {
+		n, err := networkConfig(b, 26)
+		if err != nil || n.Backend.Type != b || n.SubnetLen != 26 {
+			t.Errorf("networkConfig(%s) = %+v, %v", b, n, err)
+		}
+	}
+	if _, err := networkConfig("vxlan", 31); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "subnetLen 31") {
+		t.Errorf("networkConfig(subnetLen 31) = %v, want ErrInvalid naming subnetLen", err)
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	root := t.TempDir()
+	st := &State{
+		Name: "tl", Dir: filepath.Join(root, "tl"), Backend: "vxlan", Resync: Duration(2 * time.Second),
+		Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+		Etcd:    &Proc{PID: 42, StartTime: 7, Args: []string{"tulle", "etcd"}},
+		Nodes: []NodeState{{
+			Name: "node1", NS: "tl-n1", IP: nodeIP(1), Subnet: netip.MustParsePrefix("10.244.3.0/24"),
+			Containers: []ContainerState{{Name: "c1", NS: "tl-n1c1", ID: "tl-n1c1", IP: netip.MustParsePrefix("10.244.3.2/24")}},
+		}},
+	}
+	st.addNS("tl-sw")
+	st.addNS("tl-n1")
+	st.addNS("tl-sw")
+	if err := os.MkdirAll(st.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeState(st); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readState(root, "tl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, _ := json.Marshal(st)
+	b, _ := json.Marshal(got)
+	if !bytes.Equal(a, b) {
+		t.Errorf("round trip:\n got %s\nwant %s", b, a)
+	}
+	if len(got.Namespaces) != 2 {
+		t.Errorf("addNS is not idempotent: %v", got.Namespaces)
+	}
+	if ns, err := got.nsOf(Target{Node: 1, Container: 1}); err != nil || ns != "tl-n1c1" {
+		t.Errorf("nsOf(node1/c1) = %q, %v", ns, err)
+	}
+	if _, err := got.nsOf(Target{Node: 1, Container: 2}); err == nil {
+		t.Error("nsOf(node1/c2) succeeded on a node with one container")
+	}
+	if _, err := got.nsOf(Target{Node: 2}); err == nil {
+		t.Error("nsOf(node2) succeeded on a 1-node lab")
+	}
+	if _, err := readState(root, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("readState(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	// comm with spaces and parentheses, as /proc allows.
+	line := []byte("1234 (tulle (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 9 0 987654 1000 200 18446744073709551615\n")
+	st, err := parseProcStat(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != 'S' || st.StartTime != 987654 {
+		t.Errorf("parseProcStat = %+v, want state S starttime 987654", st)
+	}
+	if _, err := parseProcStat([]byte("1234 (x) S 1")); err == nil {
+		t.Error("short stat parsed")
+	}
+	p := &Proc{PID: 1234, StartTime: 987654, Args: []string{"/bin/tulle", "agent"}}
+	cmd := parseCmdline([]byte("/bin/tulle\x00agent\x00"))
+	if !sameProcess(p, st, cmd) {
+		t.Error("sameProcess: the recorded process is not recognised")
+	}
+	if sameProcess(p, procStat{State: 'S', StartTime: 1}, cmd) {
+		t.Error("sameProcess: a reused pid (other start time) is taken for ours")
+	}
+	if sameProcess(p, procStat{State: 'Z', StartTime: 987654}, cmd) {
+		t.Error("sameProcess: a zombie counts as running")
+	}
+	if !sameProcess(p, st, nil) {
+		t.Error("sameProcess: a process between exec and argv setup (empty cmdline) is not recognised")
+	}
+	if sameProcess(p, st, []string{"/bin/sleep", "1"}) {
+		t.Error("sameProcess: another command is taken for ours")
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	r := PingResult{Sent: 101, Received: 100, RTTs: ds}
+	if got := r.Percentile(50); got != 50*time.Millisecond {
+		t.Errorf("p50 = %s", got)
+	}
+	if got := r.Percentile(99); got != 99*time.Millisecond {
+		t.Errorf("p99 = %s", got)
+	}
+	if got := r.Percentile(100); got != 100*time.Millisecond {
+		t.Errorf("p100 = %s", got)
+	}
+	if r.Lost() != 1 {
+		t.Errorf("Lost = %d", r.Lost())
+	}
+	if got := (PingResult{}).Percentile(50); got != 0 {
+		t.Errorf("empty p50 = %s", got)
+	}
+}
+
+func TestPingTracker(t *testing.T) {
+	tr := newPingTracker(56)
+	t0 := time.Unix(0, 0)
+	tr.onSend(1, t0)
+	tr.onSend(2, t0)
+	if !tr.onReply(1, tr.payload, t0.Add(time.Millisecond)) {
+		t.Error("reply to seq 1 not matched")
+	}
+	if tr.onReply(1, tr.payload, t0.Add(2*time.Millisecond)) {
+		t.Error("duplicate reply counted")
+	}
+	if tr.onReply(2, []byte("other"), t0) {
+		t.Error("reply with a foreign payload counted")
+	}
+	if tr.onReply(3, tr.payload, t0) {
+		t.Error("reply to an unsent seq counted")
+	}
+	r := tr.snapshot()
+	if r.Sent != 2 || r.Received != 1 || r.Lost() != 1 || r.RTTs[0] != time.Millisecond {
+		t.Errorf("result = %+v", r)
+	}
+	if tr.outstanding() != 1 {
+		t.Errorf("outstanding = %d", tr.outstanding())
+	}
+}
+
+func TestParseIperf3(t *testing.T) {
+	b, err := os.ReadFile("testdata/iperf3-P2.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bps, err := parseIperf3(b)
+	if err != nil || bps < 6.6e9 || bps > 6.7e9 {
+		t.Errorf("parseIperf3 = %g, %v", bps, err)
+	}
+	if _, err := parseIperf3([]byte(`{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "Connection refused") {
+		t.Errorf("error report: %v", err)
+	}
+	if _, err := parseIperf3([]byte("not json")); err == nil {
+		t.Error("garbage parsed")
+	}
+}
+
+func TestListening(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "tcp")
+	table := `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0D00000A:1451 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0D00000A:1452 0E00000A:C000 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 100 0 0 10 0
+`
+	if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !listening(p, ":1451") {
+		t.Error("listener on 5201 not found")
+	}
+	if listening(p, ":1452") {
+		t.Error("an established socket counted as listening")
+	}
+}
+
+func TestWriteMatrix(t *testing.T) {
+	names := []string{"node1/c1", "node2/c1"}
+	pairs := []PairResult{
+		{From: "node1/c1", To: "node2/c1", Ping: true, TCP: true},
+		{From: "node2/c1", To: "node1/c1", Ping: true, Err: "tcp: refused"},
+	}
+	var b bytes.Buffer
+	writeMatrix(&b, names, pairs)
+	want := `Reachability, from row to column (ok = ping and TCP echo both work):
+FROM \ TO  node1/c1  node2/c1
+node1/c1   -         ok
+node2/c1   no-tcp    -
+
+`
+	if b.String() != want {
+		t.Errorf("matrix:\n%s\nwant:\n%s", b.String(), want)
+	}
+	r := Report{Pairs: pairs}
+	if r.Failed() != 1 {
+		t.Errorf("Failed = %d", r.Failed())
+	}
+	var v bytes.Buffer
+	writeVerdict(&v, r)
+	if !strings.Contains(v.String(), "1 of 2 pairs FAILED") || !strings.Contains(v.String(), "node2/c1 -> node1/c1: tcp: refused") {
+		t.Errorf("verdict:\n%s", v.String())
+	}
+	var ec interface{ ExitCode() int }
+	if err := error(&UnreachableError{Failed: 1, Total: 2}); !errors.As(err, &ec) || ec.ExitCode() != 2 {
+		t.Error("UnreachableError does not carry exit code 2")
+	}
+}
+
+func TestWriteBench(t *testing.T) {
+	o := BenchOptions{Duration: time.Second, Pings: 10}
+	rs := sortedResults(o.withDefaults(), []BenchResult{
+		{Backend: "host-gw", Profile: "wire", Underlay1: 4e9, Container1: 3.8e9, Underlay4: 5e9, Container4: 5e9,
+			UnderlayP50: 40 * time.Microsecond, ContainerP50: 50 * time.Microsecond, UnderlayP99: 100 * time.Microsecond, ContainerP99: 100 * time.Microsecond},
+		{Backend: "vxlan", Profile: "veth", Underlay1: 10e9, Container1: 8.5e9},
+	})
+	if rs[0].Profile != "veth" {
+		t.Fatalf("results not sorted by profile: %+v", rs)
+	}
+	var b bytes.Buffer
+	if err := WriteBench(&b, o, rs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"0.85", "0.95", "1.25x", "3.80 Gbit/s", "TCP 4 streams"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("bench table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// testLogger sends the lab's logs to t.Log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}

@@ -1,0 +1,113 @@
+package lab
+
+import (
+	"bytes"
+	"math"
+	"slices"
+	"sync"
+	"time"
+)
+
+// PingOptions control Ping.
+type PingOptions struct {
+	// Count is how many echo requests to send; 0 sends until ctx ends.
+	Count int
+	// Interval between requests (default 10ms).
+	Interval time.Duration
+	// Wait is how long to wait for replies after the last request
+	// (default 1s).
+	Wait time.Duration
+	// Size is the ICMP payload size in bytes (default 56, as ping).
+	Size int
+}
+
+func (o PingOptions) withDefaults() PingOptions {
+	if o.Interval == 0 {
+		o.Interval = 10 * time.Millisecond
+	}
+	if o.Wait == 0 {
+		o.Wait = time.Second
+	}
+	if o.Size == 0 {
+		o.Size = 56
+	}
+	return o
+}
+
+// PingResult counts one ping run.
+type PingResult struct {
+	Sent     int
+	Received int
+	// RTTs of the replies, in arrival order.
+	RTTs []time.Duration
+}
+
+// Lost is the number of requests without a reply.
+func (r PingResult) Lost() int { return r.Sent - r.Received }
+
+// Percentile returns the p-th percentile (0..100) of the RTTs by the
+// nearest-rank method, or 0 without replies.
+func (r PingResult) Percentile(p float64) time.Duration {
+	return percentile(r.RTTs, p)
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	rank = min(max(rank, 1), len(s))
+	return s[rank-1]
+}
+
+// pingTracker matches replies to requests: sequence numbers are 16 bits,
+// so at 100 pps they wrap after 11 minutes; a reply is counted once, and
+// only for a request still outstanding.
+type pingTracker struct {
+	mu      sync.Mutex // guards the fields below
+	sent    map[uint16]time.Time
+	result  PingResult
+	payload []byte
+}
+
+func newPingTracker(size int) *pingTracker {
+	p := bytes.Repeat([]byte("tulle-lab-ping!"), size/15+1)[:size]
+	return &pingTracker{sent: map[uint16]time.Time{}, payload: p}
+}
+
+func (t *pingTracker) onSend(seq uint16, at time.Time) {
+	t.mu.Lock()
+	t.sent[seq] = at
+	t.result.Sent++
+	t.mu.Unlock()
+}
+
+// onReply records a reply; it reports whether it matched a request.
+func (t *pingTracker) onReply(seq uint16, payload []byte, at time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sentAt, ok := t.sent[seq]
+	if !ok || !bytes.Equal(payload, t.payload) {
+		return false
+	}
+	delete(t.sent, seq)
+	t.result.Received++
+	t.result.RTTs = append(t.result.RTTs, at.Sub(sentAt))
+	return true
+}
+
+func (t *pingTracker) outstanding() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.sent)
+}
+
+func (t *pingTracker) snapshot() PingResult {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.result
+	r.RTTs = slices.Clone(r.RTTs)
+	return r
+}
