@@ -11,6 +11,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/tulle-net/tulle/internal/ipam"
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -163,7 +164,7 @@ func ensureBridge(h *netlink.Handle, name string, gw netip.Prefix, mtu int) (*ne
 	}
 	if created {
 		// ip addr add $gw dev $name
-		err := h.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw)})
+		err := h.AddrAdd(br, &netlink.Addr{IPNet: ipnet.From(gw)})
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("add address %s to bridge %s: %w", gw, name, err)
 		}
@@ -298,7 +299,7 @@ func ensureContainerIface(c *nsLink, l netlink.Link, addr netip.Prefix, gw netip
 	}
 	if !has {
 		// ip addr add $addr dev $name
-		if err := c.h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(addr)}); err != nil {
+		if err := c.h.AddrAdd(l, &netlink.Addr{IPNet: ipnet.From(addr)}); err != nil {
 			return fmt.Errorf("add address %s to %s in netns %s: %w", addr, name, where, err)
 		}
 	}
@@ -323,7 +324,7 @@ func ensureContainerIface(c *nsLink, l netlink.Link, addr netip.Prefix, gw netip
 			continue
 		}
 		// ip route add $dst via $gw dev $name
-		err = c.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipNet(dst), Gw: gw.AsSlice()})
+		err = c.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.From(dst), Gw: gw.AsSlice()})
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add route %s via %s dev %s in netns %s: the namespace already has a route to %s: %w", dst, gw, name, where, dst, err)
 		}
@@ -342,7 +343,7 @@ func hasAddr(h *netlink.Handle, l netlink.Link, addr netip.Prefix) (bool, error)
 		return false, fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
 	}
 	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok && p == addr {
+		if p, ok := ipnet.Prefix(a.IPNet); ok && p == addr {
 			return true, nil
 		}
 	}
@@ -362,7 +363,7 @@ func hasRoute(h *netlink.Handle, l netlink.Link, dst netip.Prefix, gw netip.Addr
 		d := netip.MustParsePrefix("0.0.0.0/0")
 		if r.Dst != nil {
 			var ok bool
-			if d, ok = prefixOf(r.Dst); !ok {
+			if d, ok = ipnet.Prefix(r.Dst); !ok {
 				continue
 			}
 		}

@@ -3,6 +3,7 @@ package cni
 import (
 	"errors"
 	"fmt"
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"net"
 	"net/netip"
 	"strings"
@@ -21,7 +22,7 @@ func addrOf(t *testing.T, res *current.Result) netip.Prefix {
 	if len(res.IPs) != 1 {
 		t.Fatalf("result has %d IPs, want 1: %+v", len(res.IPs), res)
 	}
-	p, ok := prefixOf(&res.IPs[0].Address)
+	p, ok := ipnet.Prefix(&res.IPs[0].Address)
 	if !ok {
 		t.Fatalf("bad address in result: %v", res.IPs[0].Address)
 	}
@@ -163,7 +164,7 @@ func TestAddTwoContainers(t *testing.T) {
 		t.Fatalf("CHECK after ADD: %v", err)
 	}
 	ah := handle(t, a)
-	if err := ah.AddrDel(link(t, ah, "eth0"), &netlink.Addr{IPNet: ipNet(ipA)}); err != nil {
+	if err := ah.AddrDel(link(t, ah, "eth0"), &netlink.Addr{IPNet: ipnet.From(ipA)}); err != nil {
 		t.Fatal(err)
 	}
 	err := n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf))
@@ -286,7 +287,7 @@ func TestAddRollsBack(t *testing.T) {
 		mustOK(t, ch.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tcnd0", TxQLen: -1}, PeerName: "tcnd1"}))
 		d := link(t, ch, "tcnd0")
 		mustOK(t, ch.LinkSetUp(link(t, ch, "tcnd1")))
-		mustOK(t, ch.AddrAdd(d, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("192.0.2.2/24"))}))
+		mustOK(t, ch.AddrAdd(d, &netlink.Addr{IPNet: ipnet.From(netip.MustParsePrefix("192.0.2.2/24"))}))
 		mustOK(t, ch.LinkSetUp(d))
 		mustOK(t, ch.RouteAdd(&netlink.Route{LinkIndex: d.Attrs().Index, Gw: net.ParseIP("192.0.2.1")}))
 
@@ -413,7 +414,7 @@ func TestExistingBridge(t *testing.T) {
 	br := &netlink.Bridge{LinkAttrs: attrs}
 	mustOK(t, n.h.LinkAdd(br))
 	own := netip.MustParsePrefix("10.250.3.1/16")
-	mustOK(t, n.h.AddrAdd(br, &netlink.Addr{IPNet: ipNet(own)}))
+	mustOK(t, n.h.AddrAdd(br, &netlink.Addr{IPNet: ipnet.From(own)}))
 
 	n.add(t, "ctr", newNS(t), n.conf("1.0.0", nil))
 	got := link(t, n.h, testBridge)

@@ -12,6 +12,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/tulle-net/tulle/internal/ipam"
+	"github.com/tulle-net/tulle/internal/ipnet"
 )
 
 // check carries out CHECK: the allocation, the container interface (veth,
@@ -149,7 +150,7 @@ func prevAddr(conf *NetConf, ifName, sandbox string) (netip.Prefix, error) {
 		if iface.Name != ifName || iface.Sandbox != sandbox {
 			continue
 		}
-		if p, ok := prefixOf(&ipc.Address); ok && p.Addr().Is4() {
+		if p, ok := ipnet.Prefix(&ipc.Address); ok && p.Addr().Is4() {
 			return p, nil
 		}
 	}

@@ -145,7 +145,7 @@ func (c *NetConf) validate(raw map[string]json.RawMessage) error {
 		return withCode(types.ErrIncompatibleCNIVersion, fmt.Errorf(
 			"network config: field \"cniVersion\": value %q is not supported (want one of %s)",
 			c.CNIVersion, strings.Join(specVersions(), ", ")))
-	case !validNetworkName(c.Name):
+	case !ipam.ValidNetworkName(c.Name):
 		return invalidField("name", quote(c.Name), "want letters, digits, '_', '.', '-', starting with a letter or digit")
 	case hasIPAM(raw["ipam"]):
 		return withCode(types.ErrUnsupportedField, errors.New(
@@ -168,20 +168,6 @@ func quote(s string) string { return fmt.Sprintf("%q", s) }
 func invalidField(field, value, want string) error {
 	return withCode(types.ErrInvalidNetworkConfig, fmt.Errorf(
 		"network config: field %q: invalid value %s: %s", field, value, want))
-}
-
-// validNetworkName is the CNI rule ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$.
-func validNetworkName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range s {
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || c != '_' && c != '.' && c != '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // validIfName is the kernel's dev_valid_name.

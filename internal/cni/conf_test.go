@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/tulle-net/tulle/internal/ipam"
 	"github.com/tulle-net/tulle/internal/subnetfile"
 )
 
@@ -105,7 +106,7 @@ func FuzzParseConf(f *testing.F) {
 			return
 		}
 		if c.Type != PluginType || !filepath.IsAbs(c.DataDir) || !filepath.IsAbs(c.SubnetFile) ||
-			(c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535)) || (c.Bridge != "" && !validIfName(c.Bridge)) || !validNetworkName(c.Name) {
+			(c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535)) || (c.Bridge != "" && !validIfName(c.Bridge)) || !ipam.ValidNetworkName(c.Name) {
 			t.Fatalf("accepted invalid config %s: %+v", b, c)
 		}
 	})

@@ -6,6 +6,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/tulle-net/tulle/internal/ipnet"
 )
 
 // resultInput is what ADD learned, in plain values.
@@ -33,29 +35,13 @@ func buildResult(in resultInput) *current.Result {
 		},
 		IPs: []*current.IPConfig{{
 			Interface: current.Int(1),
-			Address:   *ipNet(in.addr),
+			Address:   *ipnet.From(in.addr),
 			Gateway:   in.gateway.AsSlice(),
 		}},
 		DNS: in.dns,
 	}
 	for _, dst := range in.routes {
-		res.Routes = append(res.Routes, &types.Route{Dst: *ipNet(dst), GW: in.gateway.AsSlice()})
+		res.Routes = append(res.Routes, &types.Route{Dst: *ipnet.From(dst), GW: in.gateway.AsSlice()})
 	}
 	return res
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }

@@ -17,6 +17,7 @@ import (
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/logkey"
 	"github.com/tulle-net/tulle/internal/netns"
 	"github.com/tulle-net/tulle/internal/plan"
@@ -197,7 +198,7 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 	}
 	addrsOf := map[int][]netip.Prefix{}
 	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok {
+		if p, ok := ipnet.Prefix(a.IPNet); ok {
 			addrsOf[a.LinkIndex] = append(addrsOf[a.LinkIndex], p)
 		}
 	}
@@ -276,7 +277,7 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 	for _, r := range routes {
 		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 		if r.Dst != nil {
-			dst, _ = prefixOf(r.Dst)
+			dst, _ = ipnet.Prefix(r.Dst)
 		}
 		gw, _ := netip.AddrFromSlice(r.Gw)
 		dev := name[r.LinkIndex]
@@ -488,7 +489,7 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		if err != nil {
 			return err
 		}
-		err = d.nl.AddrAdd(l, &netlink.Addr{IPNet: ipNet(o.addr)})
+		err = d.nl.AddrAdd(l, &netlink.Addr{IPNet: ipnet.From(o.addr)})
 		if errors.Is(err, unix.EEXIST) {
 			return nil // added since we looked (the CNI plugin sets the same bridge address)
 		}
@@ -498,7 +499,7 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		// ip addr del ADDR dev NAME
 		l, err := link()
 		if err == nil {
-			err = d.nl.AddrDel(l, &netlink.Addr{IPNet: ipNet(o.addr)})
+			err = d.nl.AddrDel(l, &netlink.Addr{IPNet: ipnet.From(o.addr)})
 		}
 		if err != nil && !gone(err) {
 			return err
@@ -557,7 +558,7 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		}
 		r := &netlink.Route{
 			LinkIndex: l.Attrs().Index,
-			Dst:       ipNet(o.route.Dst),
+			Dst:       ipnet.From(o.route.Dst),
 			Gw:        o.route.Gw.AsSlice(),
 			Protocol:  plan.RouteProtocol,
 			Table:     unix.RT_TABLE_MAIN,
@@ -581,7 +582,7 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		// Scope nowhere matches any scope; the protocol makes sure a
 		// route of another owner is never deleted.
 		r := &netlink.Route{
-			Dst:      ipNet(o.route.Dst),
+			Dst:      ipnet.From(o.route.Dst),
 			Protocol: plan.RouteProtocol,
 			Priority: o.prio,
 			Table:    unix.RT_TABLE_MAIN,
@@ -632,28 +633,4 @@ func (d *Dataplane) addLink(l netlink.Link, index map[string]int) error {
 	}
 	index[name] = got.Attrs().Index
 	return nil
-}
-
-func ipNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
-// prefixOf converts an address with its mask (not masked) to a Prefix.
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	if n == nil {
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, bits := n.Mask.Size()
-	a = a.Unmap()
-	if bits == 128 && a.Is4() {
-		ones -= 96
-	}
-	if ones < 0 {
-		return netip.Prefix{}, false
-	}
-	return netip.PrefixFrom(a, ones), true
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/netns"
 	"github.com/tulle-net/tulle/internal/netns/nstest"
 	"github.com/tulle-net/tulle/internal/plan"
@@ -132,7 +133,7 @@ func (n *node) addrs(t testing.TB, dev string) []netip.Prefix {
 	}
 	var ps []netip.Prefix
 	for _, a := range as {
-		p, _ := prefixOf(a.IPNet)
+		p, _ := ipnet.Prefix(a.IPNet)
 		ps = append(ps, p)
 	}
 	return ps
@@ -312,7 +313,7 @@ func TestApplyHeals(t *testing.T) {
 		drift func(t *testing.T, n *node)
 	}{
 		{"route deleted", func(t *testing.T, n *node) {
-			err := n.nl.RouteDel(&netlink.Route{Dst: ipNet(p3.subnet()), Protocol: plan.RouteProtocol})
+			err := n.nl.RouteDel(&netlink.Route{Dst: ipnet.From(p3.subnet()), Protocol: plan.RouteProtocol})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -637,7 +638,7 @@ func benchNode(b *testing.B) (*node, func()) {
 		ul, err = nl.LinkByName("ul0")
 	}
 	if err == nil {
-		err = nl.AddrAdd(ul, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("192.168.0.1/24"))})
+		err = nl.AddrAdd(ul, &netlink.Addr{IPNet: ipnet.From(netip.MustParsePrefix("192.168.0.1/24"))})
 	}
 	if err == nil {
 		err = nl.LinkSetUp(ul)

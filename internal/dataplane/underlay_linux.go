@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/netns"
 )
 
@@ -57,7 +58,7 @@ func Underlay(h netns.NsHandle, iface string, publicIP netip.Addr) (UnderlayInfo
 		}
 	case publicIP.IsValid():
 		for _, a := range addrs {
-			if ip, ok := prefixOf(a.IPNet); ok && ip.Addr() == publicIP {
+			if ip, ok := ipnet.Prefix(a.IPNet); ok && ip.Addr() == publicIP {
 				if link, err = nl.LinkByIndex(a.LinkIndex); err != nil {
 					return UnderlayInfo{}, fmt.Errorf("find link %d holding %s: %w", a.LinkIndex, publicIP, err)
 				}
@@ -95,7 +96,7 @@ func Underlay(h netns.NsHandle, iface string, publicIP netip.Addr) (UnderlayInfo
 	a := link.Attrs()
 	u := UnderlayInfo{Name: a.Name, Index: a.Index, MTU: a.MTU, Addr: addr}
 	for _, ad := range addrs {
-		p, ok := prefixOf(ad.IPNet)
+		p, ok := ipnet.Prefix(ad.IPNet)
 		if ad.LinkIndex != a.Index || !ok {
 			continue
 		}

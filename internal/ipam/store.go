@@ -28,7 +28,7 @@ type Store struct {
 
 // Open returns the store for network under dataDir, creating its directory.
 func Open(dataDir, network string) (*Store, error) {
-	if !validNetworkName(network) {
+	if !ValidNetworkName(network) {
 		return nil, fmt.Errorf("open ipam store for network %q: invalid network name", network)
 	}
 	dir := filepath.Join(dataDir, network)
@@ -252,10 +252,10 @@ func trimNewline(b []byte) []byte {
 	return b
 }
 
-// validNetworkName applies the CNI rule for network names,
+// ValidNetworkName applies the CNI rule for network names,
 // ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$ (skel and libcni enforce the same); it also
 // keeps the name safe as a single directory name.
-func validNetworkName(s string) bool {
+func ValidNetworkName(s string) bool {
 	if s == "" {
 		return false
 	}

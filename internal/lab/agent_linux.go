@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/logkey"
 	"github.com/tulle-net/tulle/internal/plan"
 	"github.com/tulle-net/tulle/internal/subnetfile"
@@ -248,7 +249,7 @@ func missingRoutes(st State, handles []*netlink.Handle) ([]string, error) {
 			if r.Dst == nil {
 				continue
 			}
-			if p, ok := netipPrefix(r.Dst); ok {
+			if p, ok := ipnet.Prefix(r.Dst); ok {
 				have[p] = true
 			}
 		}
@@ -259,15 +260,6 @@ func missingRoutes(st State, handles []*netlink.Handle) ([]string, error) {
 		}
 	}
 	return missing, nil
-}
-
-func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	bits, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), bits), true
 }
 
 // nsHTTPClient is an HTTP client whose connections are opened inside ns.
