@@ -26,7 +26,11 @@ func newNetworkCmd() *cobra.Command {
 			}
 			cfg, err := config.Parse(b)
 			if err != nil {
-				return fmt.Errorf("%s: %w", file, err)
+				src := file
+				if src == "-" {
+					src = "stdin"
+				}
+				return fmt.Errorf("%s: %w", src, err)
 			}
 			m, closer, err := manager(cmd, &sf)
 			if err != nil {
