@@ -17,7 +17,8 @@ import (
 )
 
 // add carries out ADD. Whatever it creates before failing it removes again
-// (the allocation and the veth pair), so a failed ADD leaves no trace. What
+// (the allocation and the veth pair; the port rules are one atomic batch,
+// made last), so a failed ADD leaves no trace. What
 // existed before it started (an earlier ADD's allocation or veth, the bridge)
 // it never removes.
 func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err error) {
@@ -30,6 +31,9 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 		return nil, nil, err
 	}
 	if err := requireNetns(args); err != nil {
+		return nil, nil, err
+	}
+	if err := checkTagLen(conf.Name, att, conf.ports); err != nil {
 		return nil, nil, err
 	}
 	info, err := readSubnetFile(conf)
@@ -93,6 +97,12 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 		return nil, nil, err
 	}
 	if err := ensureContainerIface(cont, pair.cont, alloc.Addr, s.pool.Gateway, s.routes, s.mtu); err != nil {
+		return nil, nil, err
+	}
+	// Last, so that a taken host port (or any other failure) is undone by
+	// removing the veth and the allocation; the ports batch itself is
+	// atomic.
+	if err := ensurePorts(host, conf.DataDir, conf.Name, att, alloc.Addr.Addr(), s.pool.Subnet, conf.ports); err != nil {
 		return nil, nil, err
 	}
 	return conf, buildResult(resultInput{

@@ -17,8 +17,8 @@ import (
 
 // check carries out CHECK: the allocation, the container interface (veth,
 // up, MTU, address, routes), and the host end (veth peer of it, up, on the
-// bridge, hairpin as configured) must all be as ADD left them, and agree
-// with prevResult. It changes nothing.
+// bridge, hairpin as configured) and the published ports must all be as ADD
+// left them, and agree with prevResult. It changes nothing.
 func (p *Plugin) check(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
 	if err != nil {
@@ -126,7 +126,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	if pi.Hairpin != s.hairpin {
 		return fmt.Errorf("check host veth %s: hairpin is %t, want %t", hostName, pi.Hairpin, s.hairpin)
 	}
-	return nil
+	return checkPorts(host, conf.DataDir, conf.Name, att, addr.Addr(), s.pool.Subnet, conf.ports)
 }
 
 // prevAddr returns the address prevResult gives the container interface.

@@ -36,7 +36,9 @@ func specVersions() []string { return []string{"0.4.0", "1.0.0", "1.1.0"} }
 //	  "mtu": 1450,                              // default: subnet file's MTU
 //	  "hairpinMode": false,
 //	  "isDefaultGateway": true,                 // false: route only the cluster network
-//	  "dns": {"nameservers": ["10.96.0.10"]}    // passed through to the result
+//	  "dns": {"nameservers": ["10.96.0.10"]},   // passed through to the result
+//	  "capabilities": {"portMappings": true}    // the runtime then sends
+//	  // "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}
 //	}
 type NetConf struct {
 	types.PluginConf
@@ -54,6 +56,10 @@ type NetConf struct {
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
 	// HasAttachments is true when either GC key was present, even if empty.
 	HasAttachments bool `json:"-"`
+
+	// ports are the validated runtimeConfig.portMappings (capability
+	// "portMappings").
+	ports []portMap
 }
 
 // defaultGateway reports whether the container's default route goes via the
@@ -124,6 +130,11 @@ func parseConf(stdin []byte) (*NetConf, error) {
 	_, hasValid := raw["cni.dev/valid-attachments"]
 	_, hasLegacy := raw["cni.dev/attachments"]
 	conf.HasAttachments = hasValid || hasLegacy
+	ports, err := parsePortMappings(raw["runtimeConfig"])
+	if err != nil {
+		return nil, err
+	}
+	conf.ports = ports
 
 	if err := conf.validate(raw); err != nil {
 		return nil, err
@@ -192,7 +203,13 @@ func resolve(conf *NetConf, info subnetfile.Info) (settings, error) {
 	if err != nil {
 		return settings{}, withCode(types.ErrInvalidNetworkConfig, fmt.Errorf("subnet file %s: %w", conf.SubnetFile, err))
 	}
-	s := settings{bridge: conf.Bridge, mtu: conf.MTU, hairpin: conf.HairpinMode, pool: pool}
+	// A published port needs hairpin on the container's bridge port for the
+	// container to reach its own port through the node address: with
+	// br_netfilter (bridge-nf-call-iptables=1, the default once the module
+	// is loaded) the DNAT to the container itself happens in the bridge's
+	// prerouting, and the bridge then forwards the frame back out of the
+	// port it came in on. Docker and kubelet (hairpin-veth) do the same.
+	s := settings{bridge: conf.Bridge, mtu: conf.MTU, hairpin: conf.HairpinMode || len(conf.ports) > 0, pool: pool}
 	if s.bridge == "" {
 		s.bridge = info.Bridge
 	}

@@ -10,7 +10,8 @@ import (
 
 // del carries out DEL. It needs neither the subnet file nor the container
 // namespace, so teardown works while the agent is down and after the
-// runtime has removed the namespace. Links go first and the address last:
+// runtime has removed the namespace. Port rules and links go first and the
+// address last:
 // releasing the address of an interface we failed to delete would let the
 // next container take an address still in use. Everything already gone
 // counts as done.
@@ -33,6 +34,10 @@ func (p *Plugin) del(args *skel.CmdArgs) error {
 	}
 	defer host.close()
 
+	// Published ports go first: they point at the address released last.
+	if err := removePorts(host, conf.DataDir, conf.Name, func(a ipam.Attachment) bool { return a == att }); err != nil {
+		return err
+	}
 	if args.Netns != "" {
 		cont, err := openNS(args.Netns)
 		switch {

@@ -3,6 +3,7 @@ package cni
 import (
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -11,8 +12,8 @@ import (
 
 // gc carries out GC: it frees every allocation whose attachment is not in
 // cni.dev/valid-attachments (or its draft name cni.dev/attachments), unless
-// it is younger than gcGrace, and deletes the host veth such an attachment
-// may have left. GC without either key is refused: reading a missing list
+// it is younger than gcGrace, and deletes the host veth and the port rules
+// such an attachment may have left. GC without either key is refused: reading a missing list
 // as "nothing is valid" would tear down every container on the node.
 func (p *Plugin) gc(args *skel.CmdArgs) error {
 	conf, err := parseConf(args.StdinData)
@@ -41,6 +42,20 @@ func (p *Plugin) gc(args *skel.CmdArgs) error {
 	var errs []error
 	if err != nil {
 		errs = append(errs, withCode(types.ErrIOFailure, err))
+	}
+	// Port rules of this network go unless their attachment is valid or
+	// still holds an allocation (one younger than gcGrace: an ADD in
+	// flight).
+	keep := maps.Clone(valid)
+	if recs, err := store.List(); err != nil {
+		errs = append(errs, withCode(types.ErrIOFailure, err))
+	} else {
+		for _, r := range recs {
+			keep[r.Attachment] = true
+		}
+		if err := removePorts(host, conf.DataDir, conf.Name, func(a ipam.Attachment) bool { return !keep[a] }); err != nil {
+			errs = append(errs, fmt.Errorf("gc port rules: %w", err))
+		}
 	}
 	for _, r := range freed {
 		if r.ContainerID == "" || r.IfName == "" {

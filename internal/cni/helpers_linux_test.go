@@ -131,9 +131,15 @@ const testBridge = "tcnbr0"
 func newNode(t *testing.T) *node {
 	t.Helper()
 	requireRoot(t)
+	return newNodeIn(t, newNS(t))
+}
+
+// newNodeIn makes a node whose host side is the namespace hostNS.
+func newNodeIn(t *testing.T, hostNS ns.NetNS) *node {
+	t.Helper()
 	dir := t.TempDir()
 	n := &node{
-		ns:         newNS(t),
+		ns:         hostNS,
 		subnetFile: filepath.Join(dir, "subnet.json"),
 		dataDir:    filepath.Join(dir, "ipam"),
 		info: subnetfile.Info{

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -301,35 +302,27 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 	return o, index, nil
 }
 
-// observeNFT renders table inet tulle as it is in the kernel (nil: absent).
+// observeNFT renders the agent's chains of table inet tulle as they are in
+// the kernel (nil: none of them exists). Chains of the other owner (the CNI
+// plugin's ports-*) are not read, so they never count as drift.
 func (d *Dataplane) observeNFT() (*string, error) {
-	tables, err := d.nft.ListTablesOfFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("list nft tables: %w", err)
-	}
-	var t *nftables.Table
-	for _, x := range tables {
-		if x.Name == plan.NFTTable {
-			t = x
-		}
-	}
-	if t == nil {
-		return nil, nil
-	}
 	chains, err := d.nft.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list nft chains: %w", err)
 	}
 	var spec nftSpec
 	for _, c := range chains {
-		if c.Table.Name != t.Name {
+		if c.Table.Name != plan.NFTTable || !slices.Contains(agentChains(), c.Name) {
 			continue
 		}
-		rules, err := d.nft.GetRules(t, c)
+		rules, err := d.nft.GetRules(c.Table, c)
 		if err != nil {
 			return nil, fmt.Errorf("list nft rules of chain %s: %w", c.Name, err)
 		}
 		spec.chains = append(spec.chains, nftChain{chain: c, rules: rules})
+	}
+	if len(spec.chains) == 0 {
+		return nil, nil
 	}
 	s := renderNFT(spec)
 	return &s, nil
@@ -594,15 +587,23 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		return nil
 
 	case opSetNFT:
-		// nft -f - <<< 'add table inet tulle; delete table inet tulle; table inet tulle { ... }'
-		// One batch: the kernel applies it atomically, so the table never
-		// exists half-built. Adding before deleting makes the delete valid
-		// whether or not the table existed.
+		// nft -f - <<'EOF'
+		//   add table inet tulle
+		//   add chain inet tulle postrouting; delete chain inet tulle postrouting
+		//   add chain inet tulle postrouting { type nat hook postrouting priority srcnat; }
+		//   add rule inet tulle postrouting ...
+		// EOF
+		// One batch, applied atomically by the kernel, so the chain never
+		// exists half-built and the plugin's chains in the same table are
+		// never touched. The first "add chain" (no hook: valid on a base
+		// chain too) makes the delete valid whether or not the chain
+		// existed; deleting rather than flushing also heals a chain whose
+		// type, hook or priority drifted, which the kernel cannot update.
 		t := nftTable()
 		d.nft.AddTable(t)
-		d.nft.DelTable(t)
-		d.nft.AddTable(t)
 		for _, c := range buildNFT(o.masq).chains {
+			d.nft.AddChain(&nftables.Chain{Name: c.chain.Name, Table: t})
+			d.nft.DelChain(c.chain)
 			d.nft.AddChain(c.chain)
 			for _, r := range c.rules {
 				d.nft.AddRule(r)
@@ -611,11 +612,15 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		return d.nft.Flush()
 
 	case opDelNFT:
-		// nft delete table inet tulle (add first: deleting a missing table
-		// fails the batch)
+		// nft add chain inet tulle postrouting; nft delete chain inet tulle postrouting
+		// The table stays: the plugin's chains may live in it.
 		t := nftTable()
 		d.nft.AddTable(t)
-		d.nft.DelTable(t)
+		for _, name := range agentChains() {
+			c := &nftables.Chain{Name: name, Table: t}
+			d.nft.AddChain(c)
+			d.nft.DelChain(c)
+		}
 		return d.nft.Flush()
 	}
 	return fmt.Errorf("unknown op kind %d", o.kind)

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -360,6 +361,10 @@ func TestApplyHeals(t *testing.T) {
 		{"nft table deleted", func(t *testing.T, n *node) {
 			n.run(t, "nft", "delete", "table", "inet", "tulle")
 		}},
+		{"nft chain recreated with another priority", func(t *testing.T, n *node) {
+			n.run(t, "nft", "delete", "chain", "inet", "tulle", "postrouting")
+			n.run(t, "nft", "add", "chain", "inet", "tulle", "postrouting", "{ type nat hook postrouting priority 50; }")
+		}},
 		{"nft rule added to our table", func(t *testing.T, n *node) {
 			n.run(t, "nft", "add", "rule", "inet", "tulle", "postrouting", "ip", "saddr", "1.2.3.4", "accept")
 		}},
@@ -431,11 +436,77 @@ func TestForeignUntouched(t *testing.T) {
 	if rs := n.routes(t); len(rs) > 0 {
 		t.Errorf("tulle routes left: %v", rs)
 	}
-	if out := n.run(t, "nft", "list", "tables"); strings.Contains(out, "inet tulle") {
-		t.Errorf("table inet tulle left:\n%s", out)
+	// The table stays (the CNI plugin's chains may live in it); the
+	// agent's chain goes.
+	if out := n.run(t, "nft", "list", "table", "inet", "tulle"); strings.Contains(out, "chain postrouting") {
+		t.Errorf("chain postrouting left:\n%s", out)
 	}
 	if after := snapshot(); after != before {
 		t.Fatalf("foreign objects changed by removal:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestNFTSharedTable: table inet tulle has two owners. Chains of the CNI
+// plugin (ports-*) and their rules survive every Apply: the first one that
+// creates the agent's chain in an existing table, a masquerade change, a
+// healed drift and the removal of the masquerade; and they never count as
+// changes.
+func TestNFTSharedTable(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	n.run(t, "nft", "add", "table", "inet", "tulle")
+	n.run(t, "nft", "add", "chain", "inet", "tulle", "ports-prerouting", "{ type nat hook prerouting priority dstnat; }")
+	n.run(t, "nft", "add", "rule", "inet", "tulle", "ports-prerouting",
+		"fib", "daddr", "type", "local", "tcp", "dport", "8080", "dnat", "ip", "to", "10.244.1.5:80", "comment", `"tulle-cni test"`)
+	n.run(t, "nft", "add", "chain", "inet", "tulle", "ports-unhooked")
+	n.run(t, "nft", "add", "rule", "inet", "tulle", "ports-unhooked", "counter")
+	ports := func() string {
+		var b strings.Builder
+		for _, c := range []string{"ports-prerouting", "ports-unhooked"} {
+			out := n.run(t, "nft", "list", "chain", "inet", "tulle", c)
+			// Counters tick; the rule text is what must not change.
+			b.WriteString(regexp.MustCompile(`counter packets \d+ bytes \d+`).ReplaceAllString(out, "counter"))
+		}
+		return b.String()
+	}
+	before := ports()
+	if !strings.Contains(before, "dnat ip to 10.244.1.5:80") {
+		t.Fatalf("setup: ports chain lacks its rule:\n%s", before)
+	}
+	check := func(step string) {
+		t.Helper()
+		if after := ports(); after != before {
+			t.Fatalf("%s changed the plugin's chains:\nbefore:\n%s\nafter:\n%s", step, before, after)
+		}
+	}
+
+	m1 := plan.Masquerade{Network: netip.MustParsePrefix("10.244.0.0/16"), Source: netip.MustParsePrefix("10.244.1.0/24")}
+	if ch := n.applyTwice(t, plan.State{Masquerade: &m1}); ch.String() != "add chain inet tulle postrouting: "+masqText(&m1) {
+		t.Errorf("first Apply: %q", ch)
+	}
+	check("adding the masquerade")
+
+	m2 := plan.Masquerade{Network: netip.MustParsePrefix("10.240.0.0/12"), Source: netip.MustParsePrefix("10.240.3.0/24")}
+	if ch := n.applyTwice(t, plan.State{Masquerade: &m2}); ch.String() != "replace chain inet tulle postrouting: "+masqText(&m2) {
+		t.Errorf("masquerade change: %q", ch)
+	}
+	check("changing the masquerade")
+	if out := n.run(t, "nft", "list", "chain", "inet", "tulle", "postrouting"); !strings.Contains(out, masqText(&m2)) || strings.Contains(out, masqText(&m1)) {
+		t.Errorf("postrouting after the change:\n%s", out)
+	}
+
+	n.run(t, "nft", "add", "rule", "inet", "tulle", "postrouting", "ip", "saddr", "1.2.3.4", "accept")
+	if ch := n.applyTwice(t, plan.State{Masquerade: &m2}); ch.Len() != 1 {
+		t.Errorf("healing an extra rule: %d changes: %s", ch.Len(), ch)
+	}
+	check("healing drift")
+
+	if ch := n.applyTwice(t, plan.State{}); ch.String() != "del chain inet tulle postrouting" {
+		t.Errorf("removing the masquerade: %q", ch)
+	}
+	check("removing the masquerade")
+	if out := n.run(t, "nft", "list", "table", "inet", "tulle"); strings.Contains(out, "chain postrouting") {
+		t.Errorf("chain postrouting left:\n%s", out)
 	}
 }
 

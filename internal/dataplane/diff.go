@@ -31,7 +31,9 @@ type observed struct {
 	FDB       []plan.FDB
 	// Routes are the routes with plan.RouteProtocol in the main table.
 	Routes []obsRoute
-	// NFT is the canonical rendering of table inet tulle (nil: no table).
+	// NFT is the canonical rendering of the agent's chains in table inet
+	// tulle (nil: none exists). Other chains of the table are the CNI
+	// plugin's and are not observed.
 	NFT *string
 }
 
@@ -103,7 +105,7 @@ type op struct {
 	route  plan.Route
 	prio   int // of a route being deleted
 	masq   *plan.Masquerade
-	// existed marks an nft table replace (vs add), for the op text.
+	// existed marks an nft chain replace (vs add), for the op text.
 	existed bool
 	// drift explains why an existing object changes, for logs.
 	drift string
@@ -160,9 +162,9 @@ func (o op) String() string {
 		if o.existed {
 			verb = "replace"
 		}
-		return fmt.Sprintf("%s table inet %s: %s", verb, plan.NFTTable, masqText(o.masq))
+		return fmt.Sprintf("%s chain inet %s postrouting: %s", verb, plan.NFTTable, masqText(o.masq))
 	case opDelNFT:
-		return "del table inet " + plan.NFTTable
+		return fmt.Sprintf("del chain inet %s postrouting", plan.NFTTable)
 	}
 	return fmt.Sprintf("op(%d)", o.kind)
 }

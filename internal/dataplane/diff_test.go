@@ -124,7 +124,7 @@ func TestDiff(t *testing.T) {
 				"replace fdb 02:00:00:00:00:0c dev tulle.1 dst 192.168.0.3 self permanent",
 				"add route 10.244.2.0/24 via 10.244.2.0 dev tulle.1 onlink",
 				"add route 10.244.3.0/24 via 10.244.3.0 dev tulle.1 onlink",
-				"add table inet tulle: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade",
+				"add chain inet tulle postrouting: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade",
 			},
 		},
 		{
@@ -347,13 +347,13 @@ func TestDiff(t *testing.T) {
 			name: "nft table changed behind our back is replaced",
 			have: func() observed { o := inSync(vxState()); o.NFT = &otherTable; return o },
 			want: vxState(),
-			ops:  []string{"replace table inet tulle: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"},
+			ops:  []string{"replace chain inet tulle postrouting: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"},
 		},
 		{
 			name: "no masquerade wanted: table deleted",
 			have: func() observed { return inSync(vxState()) },
 			want: func() plan.State { s := vxState(); s.Masquerade = nil; return s }(),
-			ops:  []string{"del table inet tulle"},
+			ops:  []string{"del chain inet tulle postrouting"},
 		},
 		{
 			name: "no bridge wanted: an existing bridge is left alone",

@@ -13,12 +13,15 @@
 //   - links of type vxlan named plan.VXLANPrefix+"*" (a stale one is deleted);
 //   - permanent neighbour and FDB entries on tulle's VXLAN device;
 //   - routes with protocol plan.RouteProtocol in the main table;
-//   - the nftables table "inet tulle";
+//   - its chains of the nftables table "inet tulle" (today "postrouting",
+//     the masquerade). It creates the table when missing but never deletes
+//     it: the table has a second owner, the CNI plugin, whose "ports-*"
+//     chains (published ports) are never read, flushed or deleted here;
 //   - net.ipv4.ip_forward, which it only ever turns on.
 //
-// Routes of other protocols, other links and other nftables tables are never
-// touched. A second Apply of the same state makes no change, and anything
-// changed behind tulle's back is restored by the next Apply (the agent's
+// Routes of other protocols, other links, other nftables tables and the
+// plugin's chains are never touched. A second Apply of the same state makes
+// no change, and anything changed behind tulle's back is restored by the next Apply (the agent's
 // periodic resync).
 //
 // dataplane imports plan, netns and logkey; plan must not import it.

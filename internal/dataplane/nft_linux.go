@@ -16,7 +16,7 @@ import (
 	"github.com/tulle-net/tulle/internal/plan"
 )
 
-// nftSpec is the content of table inet tulle, desired or observed.
+// nftSpec is the agent's part of table inet tulle, desired or observed.
 type nftSpec struct {
 	chains []nftChain
 }
@@ -27,11 +27,31 @@ type nftChain struct {
 }
 
 // nftTable is the table tulle owns.
+//
+// Two programs share it, each owning whole chains (docs/cni.md, "Two
+// owners of table inet tulle"):
+//
+//	table inet tulle
+//	  chain postrouting        the agent (this package): masquerade
+//	  chain ports-prerouting   \
+//	  chain ports-output        > the CNI plugin: published ports
+//	  chain ports-postrouting  /
+//
+// The agent reconciles only the chains named by agentChains: it creates the
+// table when it is missing, but never deletes the table, nor flushes or
+// deletes a chain it does not own, since that would cut every published
+// port on the node until the next ADD.
 func nftTable() *nftables.Table {
 	return &nftables.Table{Name: plan.NFTTable, Family: nftables.TableFamilyINet}
 }
 
-// buildNFT returns the desired table for m:
+// masqChain is the agent's masquerade chain.
+const masqChain = "postrouting"
+
+// agentChains are the chains of table inet tulle the agent owns.
+func agentChains() []string { return []string{masqChain} }
+
+// buildNFT returns the agent's desired chains for m:
 //
 //	table inet tulle {
 //	  chain postrouting {
@@ -49,7 +69,7 @@ func buildNFT(m *plan.Masquerade) nftSpec {
 	t := nftTable()
 	accept := nftables.ChainPolicyAccept
 	post := &nftables.Chain{
-		Name:     "postrouting",
+		Name:     masqChain,
 		Table:    t,
 		Type:     nftables.ChainTypeNAT,
 		Hooknum:  nftables.ChainHookPostrouting,
@@ -124,5 +144,5 @@ func renderNFT(s nftSpec) string {
 	return b.String()
 }
 
-// nftText is the canonical text of the table desired for m.
+// nftText is the canonical text of the agent's chains desired for m.
 func nftText(m *plan.Masquerade) string { return renderNFT(buildNFT(m)) }
