@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -40,8 +41,14 @@ func Bench(ctx context.Context, o BenchOptions, w io.Writer) ([]BenchResult, err
 				fmt.Fprintln(w, "failed")
 				return results, err
 			}
-			fmt.Fprintf(w, "measuring ... ")
-			r, err := l.benchOne(ctx, o)
+			fmt.Fprintf(w, "measuring ")
+			idle, err := idleLoad(ctx, time.Second)
+			if err != nil {
+				fmt.Fprintln(w, "failed")
+				return results, errors.Join(err, l.Down(context.WithoutCancel(ctx)))
+			}
+			r, err := l.benchOne(ctx, o, w)
+			r.Idle = idle
 			r.Backend, r.Profile = backend, profile
 			derr := l.Down(context.WithoutCancel(ctx))
 			if err = errors.Join(err, derr); err != nil {
@@ -56,25 +63,30 @@ func Bench(ctx context.Context, o BenchOptions, w io.Writer) ([]BenchResult, err
 	return sortedResults(o, results), nil
 }
 
-// benchOne measures node1 -> node2 and node1/c1 -> node2/c1.
-func (l *Lab) benchOne(ctx context.Context, o BenchOptions) (BenchResult, error) {
-	var r BenchResult
+// benchOne measures node1 -> node2 and node1/c1 -> node2/c1: for 1 and
+// then 4 streams, o.Repeat pairs of iperf3 runs (U C U C ...), then the
+// pings. It prints a dot per run to w.
+func (l *Lab) benchOne(ctx context.Context, o BenchOptions, w io.Writer) (BenchResult, error) {
+	r := BenchResult{TCP1: Throughput{Streams: 1}, TCP4: Throughput{Streams: 4}}
 	type path struct{ from, to string }
 	ul, ct := path{"node1", "node2"}, path{"node1/c1", "node2/c1"}
-	for _, m := range []struct {
-		p       path
-		streams int
-		out     *float64
-	}{
-		{ul, 1, &r.Underlay1}, {ct, 1, &r.Container1},
-		{ul, 4, &r.Underlay4}, {ct, 4, &r.Container4},
-	} {
-		bps, err := l.IPerf3(ctx, o.IPerf3, m.p.from, m.p.to, m.streams, o.Duration)
-		if err != nil {
-			return r, err
+	for _, t := range []*Throughput{&r.TCP1, &r.TCP4} {
+		for range o.Repeat {
+			for _, m := range []struct {
+				p    path
+				runs *[]Run
+			}{{ul, &t.Underlay}, {ct, &t.Container}} {
+				run, err := l.IPerf3(ctx, o.IPerf3, m.p.from, m.p.to, t.Streams, o.Duration)
+				if err != nil {
+					return r, err
+				}
+				*m.runs = append(*m.runs, run)
+				fmt.Fprint(w, ".")
+			}
 		}
-		*m.out = bps
 	}
+	r.summarize()
+	fmt.Fprint(w, " ")
 	for _, m := range []struct {
 		p        path
 		p50, p99 *time.Duration
@@ -94,26 +106,27 @@ func (l *Lab) benchOne(ctx context.Context, o BenchOptions) (BenchResult, error)
 
 // IPerf3 runs `iperf3 -s -1` in the destination's namespace and
 // `iperf3 -c DST -J -t D -P streams` in the source's, and returns the
-// received TCP throughput in bits/s.
-func (l *Lab) IPerf3(ctx context.Context, bin, from, to string, streams int, d time.Duration) (float64, error) {
+// received TCP throughput and bytes, and the machine's busy CPU time
+// while the client ran.
+func (l *Lab) IPerf3(ctx context.Context, bin, from, to string, streams int, d time.Duration) (Run, error) {
 	srcNS, err := l.NS(from)
 	if err != nil {
-		return 0, err
+		return Run{}, err
 	}
 	dstNS, err := l.NS(to)
 	if err != nil {
-		return 0, err
+		return Run{}, err
 	}
 	dst, err := l.IP(to)
 	if err != nil {
-		return 0, err
+		return Run{}, err
 	}
 	port := strconv.Itoa(iperfPort)
 	var srvOut bytes.Buffer
 	srv := exec.CommandContext(ctx, bin, "-s", "-1", "-B", dst.String(), "-p", port)
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := startInNS(dstNS, srv); err != nil {
-		return 0, fmt.Errorf("start iperf3 server in %s: %w", to, err)
+		return Run{}, fmt.Errorf("start iperf3 server in %s: %w", to, err)
 	}
 	defer func() {
 		// -1 makes it exit after one test; make sure it does.
@@ -121,15 +134,53 @@ func (l *Lab) IPerf3(ctx context.Context, bin, from, to string, streams int, d t
 		_ = srv.Wait()
 	}()
 	if err := waitListening(ctx, srv.Process.Pid, iperfPort); err != nil {
-		return 0, fmt.Errorf("iperf3 server in %s: %w: %s", to, err, srvOut.String())
+		return Run{}, fmt.Errorf("iperf3 server in %s: %w: %s", to, err, srvOut.String())
+	}
+	cpu0, err := cpuBusy()
+	if err != nil {
+		return Run{}, err
 	}
 	out, err := output(ctx, srcNS, bin, "-c", dst.String(), "-p", port, "-J",
 		"-t", strconv.Itoa(int(d.Round(time.Second)/time.Second)), "-P", strconv.Itoa(streams))
-	bps, perr := parseIperf3(out)
+	cpu1, cerr := cpuBusy()
+	run, perr := parseIperf3(out)
 	if perr != nil {
-		return 0, fmt.Errorf("iperf3 %s -> %s (%d streams): %w", from, to, streams, errors.Join(perr, err))
+		return Run{}, fmt.Errorf("iperf3 %s -> %s (%d streams): %w", from, to, streams, errors.Join(perr, err))
 	}
-	return bps, nil
+	if cerr != nil {
+		return Run{}, cerr
+	}
+	run.CPU = cpu1 - cpu0
+	return run, nil
+}
+
+// idleLoad is the share of all CPUs busy during d, measured while the lab
+// is idle: the load that other work puts on the machine.
+func idleLoad(ctx context.Context, d time.Duration) (float64, error) {
+	b0, err := cpuBusy()
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(d):
+	}
+	b1, err := cpuBusy()
+	if err != nil {
+		return 0, err
+	}
+	return ratio((b1 - b0).Seconds(), time.Since(t0).Seconds()*float64(runtime.NumCPU())), nil
+}
+
+// cpuBusy is the busy time of all CPUs since boot, from /proc/stat.
+func cpuBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time: %w", err)
+	}
+	return parseCPUStat(b)
 }
 
 // waitListening polls /proc/<pid>/net/tcp{,6} (the tables of the process's

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -280,9 +281,9 @@ func TestParseIperf3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bps, err := parseIperf3(b)
-	if err != nil || bps < 6.6e9 || bps > 6.7e9 {
-		t.Errorf("parseIperf3 = %g, %v", bps, err)
+	run, err := parseIperf3(b)
+	if err != nil || run.BPS < 6.6e9 || run.BPS > 6.7e9 || run.Bytes != 844890112 {
+		t.Errorf("parseIperf3 = %+v, %v", run, err)
 	}
 	if _, err := parseIperf3([]byte(`{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}`)); err == nil || !strings.Contains(err.Error(), "Connection refused") {
 		t.Errorf("error report: %v", err)
@@ -342,12 +343,79 @@ node2/c1   no-tcp    -
 	}
 }
 
+func TestParseCPUStat(t *testing.T) {
+	stat := "cpu  152662 7 106008 365430 2007 11 29898 500 0 0\ncpu0 75873 0 51480 185454 448 0 14785 0 0 0\n"
+	got, err := parseCPUStat([]byte(stat))
+	// user+nice+system+irq+softirq jiffies at 100 Hz; not idle, iowait, steal.
+	if want := time.Duration(152662+7+106008+11+29898) * 10 * time.Millisecond; err != nil || got != want {
+		t.Errorf("parseCPUStat = %v, %v; want %v", got, err, want)
+	}
+	for _, bad := range []string{"", "intr 1 2 3\n", "cpu 1 2 x 4 5 6 7\n", "cpu 1 2 3\n"} {
+		if _, err := parseCPUStat([]byte(bad)); err == nil {
+			t.Errorf("parseCPUStat(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{5}, 5},
+		{[]float64{9, 1, 5}, 5},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %g, want %g", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestThroughput(t *testing.T) {
+	gb := int64(1e9)
+	tp := Throughput{
+		Streams: 1,
+		// Pair ratios 0.80, 1.20, 0.90; the medians are 10 and 9 Gbit/s.
+		Underlay:  []Run{{BPS: 10e9, Bytes: gb, CPU: time.Second}, {BPS: 5e9, Bytes: gb, CPU: time.Second}, {BPS: 20e9, Bytes: 2 * gb, CPU: time.Second}},
+		Container: []Run{{BPS: 8e9, Bytes: gb, CPU: 2 * time.Second}, {BPS: 6e9, Bytes: gb, CPU: 2 * time.Second}, {BPS: 18e9, Bytes: 2 * gb, CPU: 4 * time.Second}},
+	}
+	ul, ct := tp.Medians()
+	lo, hi := tp.Spread()
+	cul, cct := tp.CPUPerGB()
+	if ul != 10e9 || ct != 8e9 || tp.Ratio() != 0.8 {
+		t.Errorf("medians %g %g ratio %g; want 10e9 8e9 0.8", ul, ct, tp.Ratio())
+	}
+	if math.Abs(lo-0.8) > 1e-9 || math.Abs(hi-1.2) > 1e-9 {
+		t.Errorf("spread %g..%g; want 0.8..1.2", lo, hi)
+	}
+	if cul != 0.75 || cct != 2 {
+		t.Errorf("cpu/GB %g %g; want 0.75 2", cul, cct)
+	}
+	if lo, hi := (Throughput{}).Spread(); lo != 0 || hi != 0 || (Throughput{}).Ratio() != 0 {
+		t.Errorf("empty throughput: spread %g..%g ratio %g", lo, hi, (Throughput{}).Ratio())
+	}
+}
+
 func TestWriteBench(t *testing.T) {
-	o := BenchOptions{Duration: time.Second, Pings: 10}
+	o := BenchOptions{Duration: time.Second, Pings: 10, Repeat: 2}
+	runs := func(bps ...float64) []Run {
+		rs := make([]Run, len(bps))
+		for i, b := range bps {
+			rs[i] = Run{BPS: b, Bytes: int64(b / 8), CPU: time.Second}
+		}
+		return rs
+	}
 	rs := sortedResults(o.withDefaults(), []BenchResult{
-		{Backend: "host-gw", Profile: "wire", Underlay1: 4e9, Container1: 3.8e9, Underlay4: 5e9, Container4: 5e9,
-			UnderlayP50: 40 * time.Microsecond, ContainerP50: 50 * time.Microsecond, UnderlayP99: 100 * time.Microsecond, ContainerP99: 100 * time.Microsecond},
-		{Backend: "vxlan", Profile: "veth", Underlay1: 10e9, Container1: 8.5e9},
+		{Backend: "host-gw", Profile: "wire",
+			TCP1:        Throughput{Streams: 1, Underlay: runs(4e9, 4e9), Container: runs(3.6e9, 4e9)},
+			TCP4:        Throughput{Streams: 4, Underlay: runs(5e9, 5e9), Container: runs(5e9, 5e9)},
+			UnderlayP50: 40 * time.Microsecond, ContainerP50: 50 * time.Microsecond, UnderlayP99: 100 * time.Microsecond, ContainerP99: 100 * time.Microsecond,
+			ContainerLost: 3, Idle: 0.25},
+		{Backend: "vxlan", Profile: "veth",
+			TCP1: Throughput{Streams: 1, Underlay: runs(10e9, 10e9), Container: runs(8.5e9, 8.5e9)},
+			TCP4: Throughput{Streams: 4, Underlay: runs(10e9, 10e9), Container: runs(8e9, 9e9)}},
 	})
 	if rs[0].Profile != "veth" {
 		t.Fatalf("results not sorted by profile: %+v", rs)
@@ -356,10 +424,28 @@ func TestWriteBench(t *testing.T) {
 	if err := WriteBench(&b, o, rs); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"0.85", "0.95", "1.25x", "3.80 Gbit/s", "TCP 4 streams"} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("bench table lacks %q:\n%s", want, b.String())
+	out := b.String()
+	// Compare with single spaces: the column widths are tabwriter's business.
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{
+		"median of 2 runs of 1s",
+		// host-gw 1 stream: medians 4.00 and 3.80 Gbit/s, pairs 0.90 and 1.00;
+		// 1 CPU second per run of 4e9/8 bytes = 2 s/GB.
+		"wire host-gw TCP 1 stream 4.00 Gbit/s 3.80 Gbit/s 0.95 0.90..1.00 2.00s 2.11s",
+		"veth vxlan TCP 4 streams 10.00 Gbit/s 8.50 Gbit/s 0.85 0.80..0.90",
+		"ping p50 40µs 50µs 1.25x",
+		"pings lost 0 3",
+		"WARNING: the machine was busy before measuring (wire/host-gw 25% of all CPUs",
+	} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("bench table lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "veth/vxlan") {
+		t.Errorf("warned about an idle machine:\n%s", out)
+	}
+	if strings.Index(out, "veth") > strings.Index(out, "wire") {
+		t.Errorf("veth rows not first:\n%s", out)
 	}
 }
 
