@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -264,19 +265,25 @@ func TestDownAfterCrash(t *testing.T) {
 	before := snapshotHost(t)
 	const name = "tea"
 	up := exec.Command(bins.tulle, "lab", "up", "--name", name, "--nodes", "3", "--containers", "2")
+	var upOut bytes.Buffer
+	up.Stdout, up.Stderr = &upOut, &upOut
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Whatever happens below, leave nothing behind.
+	t.Cleanup(func() { _ = exec.Command(bins.tulle, "lab", "down", "--name", name).Run() })
 	// Crash once some agent is recorded: etcd and agents are running,
-	// containers are (probably) half made.
-	_, ok := waitFor(30*time.Second, func() bool {
+	// containers are (probably) half made. Wait as long as lab up itself
+	// waits for a step (60 s), so a slow machine is not a failure.
+	_, ok := waitFor(60*time.Second, func() bool {
 		l, err := lab.Load(lab.Options{Name: name})
 		return err == nil && l.State().Nodes[0].Agent != nil && l.State().Nodes[0].Agent.PID != 0
 	})
 	_ = up.Process.Kill()
 	_ = up.Wait()
 	if !ok {
-		t.Fatal("lab up never recorded an agent")
+		etcdLog, _ := os.ReadFile("/run/tulle/labs/" + name + "/etcd.log")
+		t.Fatalf("lab up never recorded an agent; its output:\n%s\netcd log:\n%s", upOut.String(), etcdLog)
 	}
 	out, err := exec.Command(bins.tulle, "lab", "down", "--name", name).CombinedOutput()
 	if err != nil {
