@@ -23,6 +23,10 @@ func main() {
 	listen := fs.String("listen", "http://127.0.0.1:2379", "client URL to listen on")
 	name := fs.String("name", "tulle", "member name")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	certFile := fs.String("cert-file", "", "server certificate for client TLS (with --listen https://...)")
+	keyFile := fs.String("key-file", "", "server key for client TLS")
+	caFile := fs.String("trusted-ca-file", "", "CA that signs client certificates")
+	clientAuth := fs.Bool("client-cert-auth", false, "refuse clients without a certificate signed by --trusted-ca-file")
 	args := os.Args[1:]
 	if len(args) > 0 && args[0] == "etcd" { // exec'd by 'tulle etcd' with its argv
 		args = args[1:]
@@ -31,7 +35,7 @@ func main() {
 		os.Exit(2)
 	}
 	if *dataDir == "" || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: tulle etcd --data-dir DIR [--listen URL] [--name NAME]")
+		fmt.Fprintln(os.Stderr, "usage: tulle etcd --data-dir DIR [--listen URL] [--name NAME] [--cert-file F --key-file F [--trusted-ca-file F --client-cert-auth]]")
 		os.Exit(2)
 	}
 	var lvl slog.Level
@@ -42,7 +46,11 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	s, err := etcdserver.Start(ctx, etcdserver.Options{Name: *name, DataDir: *dataDir, ListenClient: *listen, Logger: log})
+	o := etcdserver.Options{Name: *name, DataDir: *dataDir, ListenClient: *listen, Logger: log}
+	if *certFile != "" || *keyFile != "" {
+		o.TLS = &etcdserver.TLS{CertFile: *certFile, KeyFile: *keyFile, TrustedCAFile: *caFile, ClientCertAuth: *clientAuth}
+	}
+	s, err := etcdserver.Start(ctx, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "tulle etcd:", err)
 		os.Exit(1)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/tulle-net/tulle/internal/logkey"
@@ -35,11 +36,22 @@ type Options struct {
 	DataDir string
 	// ListenClient is the client URL to serve, e.g. http://127.0.0.1:2379
 	// (optional, default DefaultListenClient). Port 0 picks a free port;
-	// Endpoints reports the one bound. Only http is supported.
+	// Endpoints reports the one bound. https needs TLS.
 	ListenClient string
+	// TLS serves clients over TLS (optional; required for https URLs).
+	TLS *TLS
 	// Logger receives tulle's messages about the server (optional). etcd's
 	// own zap logger is set to "fatal": its shutdown chatter is noise here.
 	Logger *slog.Logger
+}
+
+// TLS is the server side of client TLS.
+type TLS struct {
+	CertFile, KeyFile string // the server certificate and key (required)
+	// TrustedCAFile verifies client certificates; with ClientCertAuth a
+	// client without a certificate signed by it is refused.
+	TrustedCAFile  string
+	ClientCertAuth bool
 }
 
 // Server is a running embedded etcd member.
@@ -69,8 +81,12 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		return nil, fmt.Errorf("start etcd in %s on %s: %w", cfg.Dir, o.ListenClient, err)
 	}
 	s := &Server{e: e, log: log, closed: make(chan struct{})}
+	scheme := "http://"
+	if o.TLS != nil {
+		scheme = "https://"
+	}
 	for _, l := range e.Clients {
-		s.endpoints = append(s.endpoints, "http://"+l.Addr().String())
+		s.endpoints = append(s.endpoints, scheme+l.Addr().String())
 	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -105,8 +121,18 @@ func embedConfig(o Options) (*embed.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse etcd client URL %q: %w", o.ListenClient, err)
 	}
-	if client.Scheme != "http" || client.Port() == "" || client.Path != "" {
-		return nil, fmt.Errorf("parse etcd client URL %q: want http://<ip>:<port> (port 0 picks a free one)", o.ListenClient)
+	wantScheme := "http"
+	if o.TLS != nil {
+		wantScheme = "https"
+		if o.TLS.CertFile == "" || o.TLS.KeyFile == "" {
+			return nil, errors.New("start etcd: TLS needs both a certificate and a key file")
+		}
+		if o.TLS.ClientCertAuth && o.TLS.TrustedCAFile == "" {
+			return nil, errors.New("start etcd: client certificate auth needs a trusted CA file")
+		}
+	}
+	if client.Scheme != wantScheme || client.Port() == "" || client.Path != "" {
+		return nil, fmt.Errorf("parse etcd client URL %q: want %s://<ip>:<port> (port 0 picks a free one; https goes with a certificate and key)", o.ListenClient, wantScheme)
 	}
 	// The peer URL is never dialled (one member), but etcd must listen on
 	// it. Port 0 keeps several servers on one machine (labs, tests) from
@@ -131,6 +157,12 @@ func embedConfig(o Options) (*embed.Config, error) {
 	cfg.ListenPeerUrls = []url.URL{peer}
 	cfg.AdvertisePeerUrls = []url.URL{peer}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if o.TLS != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile: o.TLS.CertFile, KeyFile: o.TLS.KeyFile,
+			TrustedCAFile: o.TLS.TrustedCAFile, ClientCertAuth: o.TLS.ClientCertAuth,
+		}
+	}
 	cfg.LogLevel = "fatal"
 	// Keep one hour of history so a watcher that was briefly away can
 	// resume; package subnet relists after a compaction anyway.

@@ -161,3 +161,12 @@ func TestRestartKeepsData(t *testing.T) {
 		return err
 	})
 }
+
+func TestStartRejectsHalfTLS(t *testing.T) {
+	_, err := etcdserver.Start(context.Background(), etcdserver.Options{
+		DataDir: t.TempDir(), ListenClient: "http://127.0.0.1:0", TLS: &etcdserver.TLS{CertFile: "c.pem"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "certificate and a key") {
+		t.Fatalf("got %v", err)
+	}
+}
