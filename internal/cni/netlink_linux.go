@@ -41,7 +41,11 @@ func (p *Plugin) openHost() (*nsLink, error) {
 }
 
 func handleIn(n ns.NetNS) (*nsLink, error) {
-	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd())))
+	// Only rtnetlink: every call the verbs make is a link, address or
+	// route request. Without the family list NewHandleAt also opens xfrm
+	// and netfilter sockets, each costing two setns(2) per handle, on
+	// every ADD and DEL (as internal/dataplane does).
+	h, err := netlink.NewHandleAt(netns.NsHandle(int(n.Fd())), unix.NETLINK_ROUTE)
 	if err != nil {
 		n.Close()
 		return nil, fmt.Errorf("open netlink in netns %s: %w", n.Path(), err)

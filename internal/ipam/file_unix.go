@@ -36,15 +36,15 @@ func (s *Store) locked(fn func() error) error {
 	return fn()
 }
 
-// writeTemp writes b to a new synced temporary file in dir and returns its
-// path.
-func writeTemp(dir string, b []byte) (string, error) {
-	f, err := os.CreateTemp(dir, ".tmp-*")
+// writeTemp writes b to a new temporary file in dir, synced to disk when
+// sync is true, and returns its path.
+func writeTemp(dir string, b []byte, sync bool) (string, error) {
+	f, err := os.CreateTemp(dir, tempPrefix+"*")
 	if err != nil {
 		return "", fmt.Errorf("create temporary file in %s: %w", dir, err)
 	}
 	_, werr := f.Write(b)
-	if werr == nil {
+	if werr == nil && sync {
 		werr = f.Sync()
 	}
 	if cerr := f.Close(); werr == nil {
@@ -57,9 +57,11 @@ func writeTemp(dir string, b []byte) (string, error) {
 	return f.Name(), nil
 }
 
-// writeFileAtomic replaces dir/name with b (temporary file + rename).
-func writeFileAtomic(dir, name string, b []byte) error {
-	tmp, err := writeTemp(dir, b)
+// writeHint replaces dir/name with b (temporary file + rename) without
+// syncing it: for files whose loss or truncation by a crash of the node is
+// harmless (last_reserved), so ADD does not wait for the disk twice.
+func writeHint(dir, name string, b []byte) error {
+	tmp, err := writeTemp(dir, b, false)
 	if err != nil {
 		return err
 	}

@@ -8,12 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
 const (
 	lockFile         = "lock"
 	lastReservedFile = "last_reserved"
+	// tempPrefix starts the name of writeTemp's files.
+	tempPrefix = ".tmp-"
 )
 
 // Store keeps the allocations of one CNI network on disk.
@@ -79,9 +82,11 @@ func (s *Store) Allocate(pool Pool, att Attachment) (Allocation, error) {
 		if err := s.writeRecord(addr, att); err != nil {
 			return err
 		}
-		// last_reserved is a hint: losing it only means the next scan starts
-		// at the beginning, so a failed write does not fail the allocation.
-		_ = writeFileAtomic(s.dir, lastReservedFile, []byte(addr.String()+"\n"))
+		// last_reserved is a hint: losing it (or finding it empty after a
+		// crash of the node) only means the next scan starts at the
+		// beginning, so it is not synced and a failed write does not fail
+		// the allocation.
+		_ = writeHint(s.dir, lastReservedFile, []byte(addr.String()+"\n"))
 		out = Allocation{Addr: pool.Prefix(addr)}
 		return nil
 	})
@@ -127,9 +132,15 @@ func (s *Store) ReleaseAddr(addr netip.Addr, att Attachment) error {
 // written before notAfter, and returns the freed records. The age limit
 // protects an ADD that has allocated but whose attachment the runtime has not
 // recorded yet, when GC races with it.
+//
+// GC also removes the temporary files of writers that died mid-write (a
+// plugin killed between creating a record's temporary file and removing it).
 func (s *Store) GC(keep func(Attachment) bool, notAfter time.Time) ([]Record, error) {
 	var freed []Record
 	err := s.locked(func() error {
+		if err := s.removeTemps(); err != nil {
+			return err
+		}
 		recs, err := s.list()
 		if err != nil {
 			return err
@@ -166,6 +177,25 @@ func (s *Store) List() ([]Record, error) {
 		return nil, fmt.Errorf("list addresses in %s: %w", s.dir, err)
 	}
 	return out, nil
+}
+
+// removeTemps deletes every temporary file (writeTemp's ".tmp-*") in the
+// store. Temporary files are only written while holding the lock, and the
+// caller holds it now, so each one left belongs to a process that died
+// before it could remove it (found by TestCrashSafety in internal/cni).
+func (s *Store) removeTemps() error {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", s.dir, err)
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), tempPrefix) {
+			if err := removeIfExists(filepath.Join(s.dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (s *Store) release(match func(Record) bool, what string) ([]netip.Addr, error) {
@@ -233,7 +263,7 @@ func (s *Store) lastReserved() netip.Addr {
 // file and hard-links it into place, so the address file appears complete
 // or not at all, and the link fails if the address is already taken.
 func (s *Store) writeRecord(addr netip.Addr, att Attachment) error {
-	tmp, err := writeTemp(s.dir, formatRecord(att))
+	tmp, err := writeTemp(s.dir, formatRecord(att), true)
 	if err != nil {
 		return err
 	}

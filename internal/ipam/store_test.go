@@ -268,3 +268,29 @@ func TestHelperAllocate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestGCRemovesDeadWritersTemps: a plugin killed between writing a record's
+// temporary file and renaming it leaves ".tmp-*" behind; GC, which holds the
+// store lock that every writer holds, removes such files and nothing else.
+func TestGCRemovesDeadWritersTemps(t *testing.T) {
+	s, err := Open(t.TempDir(), "net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(s.dir, tempPrefix+"12345")
+	other := filepath.Join(s.dir, "notes.txt")
+	for _, p := range []string{stale, other} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.GC(func(Attachment) bool { return true }, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("temporary file of a dead writer survived GC: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("GC removed a file that is not a temporary file: %v", err)
+	}
+}
