@@ -57,7 +57,11 @@ func (ps *procs) start(ns string, args []string, logPath string) (*Proc, error) 
 	ps.mu.Unlock()
 	st, err := readProcStat(pid)
 	if err == nil && st.State == 'Z' {
-		err = errors.New("exited at once")
+		// Z may also be a leader whose other thread is exec'ing; only an
+		// exit that reap collected counts.
+		if ps.reap(pid); ps.exited(pid) {
+			err = errors.New("exited at once")
+		}
 	}
 	if err != nil {
 		ps.reap(pid)
@@ -161,25 +165,45 @@ func (ps *procs) stop(ctx context.Context, p *Proc, sig syscall.Signal) error {
 }
 
 // reap collects a child of ours that has exited (a zombie), so it does not
-// linger; Wait returns at once for a zombie.
+// linger. It never blocks: state Z is not proof of an exit, because while a
+// non-leader thread of a multi-threaded process execs (as 'tulle etcd' does
+// to hand over to tulle-etcd) the kernel shows the leader as a zombie until
+// the exec completes. A blocking Wait there hung lab up for good.
 func (ps *procs) reap(pid int) {
 	ps.mu.Lock()
 	cmd, ok := ps.children[pid]
-	delete(ps.children, pid)
 	ps.mu.Unlock()
 	if !ok {
 		return
 	}
-	how := "exited"
-	if err := cmd.Wait(); err != nil {
-		how = err.Error()
+	var ws unix.WaitStatus
+	got, err := unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+	if err != nil || got != pid {
+		return // still running (or not ours to wait for)
 	}
+	how := "exited"
+	switch {
+	case ws.Exited():
+		how = fmt.Sprintf("exit status %d", ws.ExitStatus())
+	case ws.Signaled():
+		how = "signal: " + ws.Signal().String()
+	}
+	_ = cmd.Process.Release()
 	ps.mu.Lock()
+	delete(ps.children, pid)
 	if ps.exits == nil {
 		ps.exits = map[int]string{}
 	}
 	ps.exits[pid] = how
 	ps.mu.Unlock()
+}
+
+// exited reports whether reap has collected pid's exit.
+func (ps *procs) exited(pid int) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	_, ok := ps.exits[pid]
+	return ok
 }
 
 // why says why a recorded process is not running: how it exited if it was
