@@ -3,7 +3,6 @@ package cni
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tulle-net/tulle/internal/ipam"
+	"github.com/tulle-net/tulle/internal/nftmatch"
 )
 
 // Published ports, in the node (host) namespace:
@@ -84,9 +84,9 @@ func portRules(tag portTag, cont netip.Addr, subnet netip.Prefix) map[string][]e
 	dnat := func(output bool) []expr.Any {
 		e := ipv4Only()
 		if m.hostIP.IsValid() {
-			e = append(e, matchAddr(16, netip.PrefixFrom(m.hostIP, 32), expr.CmpOpEq)...) // ip daddr HOSTIP
+			e = append(e, nftmatch.IPv4(16, netip.PrefixFrom(m.hostIP, 32), expr.CmpOpEq)...) // ip daddr HOSTIP
 		} else if output {
-			e = append(e, matchAddr(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...) // ip daddr != 127.0.0.0/8
+			e = append(e, nftmatch.IPv4(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...) // ip daddr != 127.0.0.0/8
 		}
 		e = append(e,
 			// fib daddr type local
@@ -111,8 +111,8 @@ func portRules(tag portTag, cont netip.Addr, subnet netip.Prefix) map[string][]e
 			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
 	)
-	masq = append(masq, matchAddr(12, subnet, expr.CmpOpEq)...)                     // ip saddr SUBNET
-	masq = append(masq, matchAddr(16, netip.PrefixFrom(cont, 32), expr.CmpOpEq)...) // ip daddr CIP
+	masq = append(masq, nftmatch.IPv4(12, subnet, expr.CmpOpEq)...)                     // ip saddr SUBNET
+	masq = append(masq, nftmatch.IPv4(16, netip.PrefixFrom(cont, 32), expr.CmpOpEq)...) // ip daddr CIP
 	masq = append(masq, matchPort(l4, m.contPort)...)
 	masq = append(masq, &expr.Masq{})
 	return map[string][]expr.Any{
@@ -138,24 +138,6 @@ func matchPort(l4 byte, port uint16) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
-	}
-}
-
-// matchAddr compares the IPv4 header field at offset with p as nft compiles
-// it: a byte-aligned prefix loads only its bytes, any other is masked.
-func matchAddr(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
-	a := p.Masked().Addr().As4()
-	if p.Bits() > 0 && p.Bits()%8 == 0 {
-		n := uint32(p.Bits() / 8)
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n},
-			&expr.Cmp{Op: op, Register: 1, Data: a[:n]},
-		}
-	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(p.Bits(), 32), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
 	}
 }
 

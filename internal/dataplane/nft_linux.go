@@ -3,8 +3,6 @@ package dataplane
 import (
 	"cmp"
 	"fmt"
-	"net"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
+	"github.com/tulle-net/tulle/internal/nftmatch"
 	"github.com/tulle-net/tulle/internal/plan"
 )
 
@@ -82,8 +81,8 @@ func buildNFT(m *plan.Masquerade) nftSpec {
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
 	)
-	exprs = append(exprs, matchIPv4(12, m.Source, expr.CmpOpEq)...)   // ip saddr
-	exprs = append(exprs, matchIPv4(16, m.Network, expr.CmpOpNeq)...) // ip daddr !=
+	exprs = append(exprs, nftmatch.IPv4(12, m.Source, expr.CmpOpEq)...)   // ip saddr
+	exprs = append(exprs, nftmatch.IPv4(16, m.Network, expr.CmpOpNeq)...) // ip daddr !=
 	exprs = append(exprs, &expr.Masq{})
 	rule := &nftables.Rule{
 		Table:    t,
@@ -92,25 +91,6 @@ func buildNFT(m *plan.Masquerade) nftSpec {
 		UserData: userdata.AppendString(nil, userdata.TypeComment, "tulle: masquerade"),
 	}
 	return nftSpec{chains: []nftChain{{chain: post, rules: []*nftables.Rule{rule}}}}
-}
-
-// matchIPv4 compares the IPv4 header field at offset with p, the way nft
-// compiles it: a byte-aligned prefix loads only its bytes, any other loads
-// the whole address and masks it.
-func matchIPv4(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
-	a := p.Masked().Addr().As4()
-	if p.Bits() > 0 && p.Bits()%8 == 0 {
-		n := uint32(p.Bits() / 8)
-		return []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: n},
-			&expr.Cmp{Op: op, Register: 1, Data: a[:n]},
-		}
-	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(p.Bits(), 32), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
-	}
 }
 
 // renderNFT is the canonical text of a table's chains and rules, used to
