@@ -36,6 +36,10 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 	if err := checkTagLen(conf.Name, att, conf.ports); err != nil {
 		return nil, nil, err
 	}
+	prev, err := prevResult(conf)
+	if err != nil {
+		return nil, nil, err
+	}
 	info, err := readSubnetFile(conf)
 	if err != nil {
 		return nil, nil, err
@@ -105,7 +109,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 	if err := ensurePorts(host, conf.DataDir, conf.Name, att, alloc.Addr.Addr(), s.pool.Subnet, conf.ports); err != nil {
 		return nil, nil, err
 	}
-	return conf, buildResult(resultInput{
+	return conf, mergePrev(prev, buildResult(resultInput{
 		hostName: hostName,
 		hostMAC:  pair.host.Attrs().HardwareAddr,
 		ifName:   att.IfName,
@@ -116,7 +120,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 		routes:   s.routes,
 		mtu:      s.mtu,
 		dns:      conf.DNS,
-	}), nil
+	})), nil
 }
 
 // undoStack collects the undo steps of a multi-step setup.
@@ -326,15 +330,16 @@ func ensureContainerIface(c *nsLink, l netlink.Link, addr netip.Prefix, gw netip
 		return fmt.Errorf("set lo up in netns %s: %w", where, err)
 	}
 	for _, dst := range routes {
-		has, err := hasRoute(c.h, l, dst, gw)
+		r, err := routeVia(c.h, l, dst, gw)
 		if err != nil {
 			return fmt.Errorf("in netns %s: %w", where, err)
 		}
-		if has {
+		if r != nil {
 			continue
 		}
-		// ip route add $dst via $gw dev $name
-		err = c.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.From(dst), Gw: gw.AsSlice()})
+		// ip route add $dst via $gw dev $name mtu $mtu advmss $((mtu-40))
+		err = c.h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet.From(dst), Gw: gw.AsSlice(),
+			MTU: mtu, AdvMSS: routeAdvMSS(mtu)})
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add route %s via %s dev %s in netns %s: the namespace already has a route to %s: %w", dst, gw, name, where, dst, err)
 		}
@@ -360,14 +365,14 @@ func hasAddr(h *netlink.Handle, l netlink.Link, addr netip.Prefix) (bool, error)
 	return false, nil
 }
 
-// hasRoute reports whether the main table routes dst via gw out of l.
-func hasRoute(h *netlink.Handle, l netlink.Link, dst netip.Prefix, gw netip.Addr) (bool, error) {
+// routeVia returns the main-table route to dst via gw out of l, or nil.
+func routeVia(h *netlink.Handle, l netlink.Link, dst netip.Prefix, gw netip.Addr) (*netlink.Route, error) {
 	// ip -4 route show dev $name
 	routes, err := retryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{LinkIndex: l.Attrs().Index}, netlink.RT_FILTER_OIF)
 	})
 	if err != nil {
-		return false, fmt.Errorf("list routes of %s: %w", l.Attrs().Name, err)
+		return nil, fmt.Errorf("list routes of %s: %w", l.Attrs().Name, err)
 	}
 	for _, r := range routes {
 		d := netip.MustParsePrefix("0.0.0.0/0")
@@ -379,8 +384,8 @@ func hasRoute(h *netlink.Handle, l netlink.Link, dst netip.Prefix, gw netip.Addr
 		}
 		g, _ := netip.AddrFromSlice(r.Gw)
 		if d == dst && g.Unmap() == gw {
-			return true, nil
+			return &r, nil
 		}
 	}
-	return false, nil
+	return nil, nil
 }

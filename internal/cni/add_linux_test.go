@@ -138,8 +138,10 @@ func TestAddTwoContainers(t *testing.T) {
 		if eth == nil || eth.Attrs().MTU != 1400 || eth.Attrs().Flags&net.FlagUp == 0 {
 			t.Fatalf("%s: eth0 = %v, want up with mtu 1400", c.id, eth)
 		}
-		if has, _ := hasRoute(ch, eth, netip.MustParsePrefix("0.0.0.0/0"), gw); !has {
+		if r, _ := routeVia(ch, eth, netip.MustParsePrefix("0.0.0.0/0"), gw); r == nil {
 			t.Errorf("%s: no default route via %s", c.id, gw)
+		} else if r.MTU != 1400 || r.AdvMSS != 1360 {
+			t.Errorf("%s: default route has mtu %d advmss %d, want 1400 and 1360", c.id, r.MTU, r.AdvMSS)
 		}
 		if lo := link(t, ch, "lo"); lo.Attrs().Flags&net.FlagUp == 0 {
 			t.Errorf("%s: lo is down", c.id)
@@ -164,10 +166,37 @@ func TestAddTwoContainers(t *testing.T) {
 		t.Fatalf("CHECK after ADD: %v", err)
 	}
 	ah := handle(t, a)
+	// A MAC other than the one in prevResult (a chained tuning plugin
+	// would have updated prevResult when it changed it).
+	eth0 := link(t, ah, "eth0")
+	origMAC := eth0.Attrs().HardwareAddr
+	mustOK(t, ah.LinkSetHardwareAddr(eth0, net.HardwareAddr{0x02, 0, 0, 0, 0xbe, 0xef}))
+	err := n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf))
+	if err == nil || !strings.Contains(err.Error(), "mac is 02:00:00:00:be:ef, prevResult says "+origMAC.String()) {
+		t.Fatalf("CHECK after changing the MAC = %v, want a mac mismatch", err)
+	}
+	mustOK(t, ah.LinkSetHardwareAddr(eth0, origMAC))
+	// A route without the MTU and advmss ADD put on it.
+	def := netip.MustParsePrefix("0.0.0.0/0")
+	r, _ := routeVia(ah, eth0, def, gw)
+	if r == nil {
+		t.Fatal("no default route")
+	}
+	plain := *r
+	plain.MTU, plain.AdvMSS = 0, 0
+	mustOK(t, ah.RouteReplace(&plain))
+	err = n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf))
+	if err == nil || !strings.Contains(err.Error(), "has mtu 0 advmss 0, want mtu 1400 advmss 1360") {
+		t.Fatalf("CHECK after dropping the route mtu = %v, want a route mismatch", err)
+	}
+	mustOK(t, ah.RouteReplace(r))
+	if err := n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf)); err != nil {
+		t.Fatalf("CHECK after restoring MAC and route: %v", err)
+	}
 	if err := ah.AddrDel(link(t, ah, "eth0"), &netlink.Addr{IPNet: ipnet.From(ipA)}); err != nil {
 		t.Fatal(err)
 	}
-	err := n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf))
+	err = n.plugin.Check(args("ctr-a", "eth0", a.Path(), checkConf))
 	if err == nil || !strings.Contains(err.Error(), "address "+ipA.String()+" not found") {
 		t.Fatalf("CHECK after flushing the address = %v, want address not found", err)
 	}
@@ -387,10 +416,10 @@ func TestNoDefaultGatewayAndHairpin(t *testing.T) {
 	}
 	ch := handle(t, c)
 	eth := link(t, ch, "eth0")
-	if has, _ := hasRoute(ch, eth, netip.MustParsePrefix("0.0.0.0/0"), n.info.Gateway); has {
+	if r, _ := routeVia(ch, eth, netip.MustParsePrefix("0.0.0.0/0"), n.info.Gateway); r != nil {
 		t.Error("default route present with isDefaultGateway false")
 	}
-	if has, _ := hasRoute(ch, eth, n.info.Network, n.info.Gateway); !has {
+	if r, _ := routeVia(ch, eth, n.info.Network, n.info.Gateway); r == nil {
 		t.Error("no route to the cluster network")
 	}
 	if eth.Attrs().MTU != 1300 {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -31,10 +32,12 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	if err := requireNetns(args); err != nil {
 		return err
 	}
-	prev, err := prevAddr(conf, att.IfName, args.Netns)
+	hostName := HostVethName(att.ContainerID, att.IfName)
+	facts, err := prevAttachment(conf, att.IfName, args.Netns, hostName)
 	if err != nil {
 		return err
 	}
+	prev := facts.addr
 	info, err := readSubnetFile(conf)
 	if err != nil {
 		return err
@@ -89,15 +92,22 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	} else if !ok {
 		return fmt.Errorf("check %s: address %s not found", where, addr)
 	}
+	if want := facts.contMAC; want != "" && !strings.EqualFold(c.Attrs().HardwareAddr.String(), want) {
+		return fmt.Errorf("check %s: mac is %s, prevResult says %s", where, c.Attrs().HardwareAddr, want)
+	}
 	for _, dst := range s.routes {
-		if ok, err := hasRoute(cont.h, c, dst, s.pool.Gateway); err != nil {
+		r, err := routeVia(cont.h, c, dst, s.pool.Gateway)
+		switch {
+		case err != nil:
 			return fmt.Errorf("check %s: %w", where, err)
-		} else if !ok {
+		case r == nil:
 			return fmt.Errorf("check %s: route %s via %s not found", where, dst, s.pool.Gateway)
+		case r.MTU != s.mtu || r.AdvMSS != routeAdvMSS(s.mtu):
+			return fmt.Errorf("check %s: route %s via %s has mtu %d advmss %d, want mtu %d advmss %d",
+				where, dst, s.pool.Gateway, r.MTU, r.AdvMSS, s.mtu, routeAdvMSS(s.mtu))
 		}
 	}
 
-	hostName := HostVethName(att.ContainerID, att.IfName)
 	hl, err := linkByName(host.h, hostName)
 	switch {
 	case err != nil:
@@ -108,6 +118,8 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 		return fmt.Errorf("check host veth %s: it is not the peer of %s", hostName, where)
 	case hl.Attrs().Flags&net.FlagUp == 0:
 		return fmt.Errorf("check host veth %s: it is down", hostName)
+	case facts.hostMAC != "" && !strings.EqualFold(hl.Attrs().HardwareAddr.String(), facts.hostMAC):
+		return fmt.Errorf("check host veth %s: mac is %s, prevResult says %s", hostName, hl.Attrs().HardwareAddr, facts.hostMAC)
 	}
 	br, err := linkByName(host.h, s.bridge)
 	switch {
@@ -129,18 +141,45 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	return checkPorts(host, conf.DataDir, conf.Name, att, addr.Addr(), s.pool.Subnet, conf.ports)
 }
 
-// prevAddr returns the address prevResult gives the container interface.
-// CHECK without prevResult is a runtime error (CNI spec, "CHECK").
-func prevAddr(conf *NetConf, ifName, sandbox string) (netip.Prefix, error) {
+// prevFacts is what prevResult says about the attachment.
+type prevFacts struct {
+	addr    netip.Prefix // the container interface's IPv4 address
+	contMAC string       // its MAC ("" if prevResult has none)
+	hostMAC string       // the host veth's MAC ("" if not listed)
+}
+
+// prevResult parses the config's prevResult; nil when there is none (ADD of
+// the first plugin in a chain).
+func prevResult(conf *NetConf) (*current.Result, error) {
 	if conf.RawPrevResult == nil {
-		return netip.Prefix{}, withCode(types.ErrInvalidNetworkConfig, errors.New(`network config: field "prevResult" is missing: CHECK needs ADD's result`))
+		return nil, nil
 	}
 	if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
-		return netip.Prefix{}, withCode(types.ErrDecodingFailure, fmt.Errorf("network config: field \"prevResult\": %w", err))
+		return nil, withCode(types.ErrDecodingFailure, fmt.Errorf("network config: field \"prevResult\": %w", err))
 	}
 	res, err := current.NewResultFromResult(conf.PrevResult)
 	if err != nil {
-		return netip.Prefix{}, withCode(types.ErrDecodingFailure, fmt.Errorf("network config: field \"prevResult\": %w", err))
+		return nil, withCode(types.ErrDecodingFailure, fmt.Errorf("network config: field \"prevResult\": %w", err))
+	}
+	return res, nil
+}
+
+// prevAttachment returns what prevResult gives the container interface
+// ifName in sandbox and its host veth hostName. CHECK without prevResult
+// is a runtime error (CNI spec, "CHECK").
+func prevAttachment(conf *NetConf, ifName, sandbox, hostName string) (prevFacts, error) {
+	if conf.RawPrevResult == nil {
+		return prevFacts{}, withCode(types.ErrInvalidNetworkConfig, errors.New(`network config: field "prevResult" is missing: CHECK needs ADD's result`))
+	}
+	res, err := prevResult(conf)
+	if err != nil {
+		return prevFacts{}, err
+	}
+	var f prevFacts
+	for _, iface := range res.Interfaces {
+		if iface.Name == hostName && iface.Sandbox == "" {
+			f.hostMAC = iface.Mac
+		}
 	}
 	for _, ipc := range res.IPs {
 		if ipc.Interface == nil || *ipc.Interface < 0 || *ipc.Interface >= len(res.Interfaces) {
@@ -151,9 +190,10 @@ func prevAddr(conf *NetConf, ifName, sandbox string) (netip.Prefix, error) {
 			continue
 		}
 		if p, ok := ipnet.Prefix(&ipc.Address); ok && p.Addr().Is4() {
-			return p, nil
+			f.addr, f.contMAC = p, iface.Mac
+			return f, nil
 		}
 	}
-	return netip.Prefix{}, withCode(types.ErrInvalidNetworkConfig, fmt.Errorf(
+	return prevFacts{}, withCode(types.ErrInvalidNetworkConfig, fmt.Errorf(
 		"network config: field \"prevResult\": no IPv4 address for interface %s in sandbox %s", ifName, sandbox))
 }

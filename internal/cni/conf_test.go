@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types040 "github.com/containernetworking/cni/pkg/types/040"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/tulle-net/tulle/internal/ipam"
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/subnetfile"
 )
 
@@ -173,26 +172,36 @@ func TestToCNIError(t *testing.T) {
 	}
 }
 
-func TestStatus(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "subnet.json")
-	conf := []byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"tcn-net","type":"tulle","subnetFile":%q}`, path))
-	p := New(Options{})
-	err := p.Status(&skel.CmdArgs{StdinData: conf})
-	if e, ok := err.(*types.Error); !ok || e.Code != types.ErrPluginNotAvailable || !strings.Contains(e.Msg, "is 'tulle agent' running") {
-		t.Fatalf("STATUS without subnet file = %v, want code 50 mentioning the agent", err)
+// TestMergePrev puts tulle after another plugin in a chain: the earlier
+// interfaces, addresses and routes come first, unchanged, and tulle's
+// address points at its own interface.
+func TestMergePrev(t *testing.T) {
+	prev := &current.Result{
+		CNIVersion: "1.1.0",
+		Interfaces: []*current.Interface{{Name: "lo", Sandbox: "/run/netns/x"}},
+		IPs:        []*current.IPConfig{{Interface: current.Int(0), Address: *ipnet.From(netip.MustParsePrefix("127.0.0.1/8"))}},
+		DNS:        types.DNS{Nameservers: []string{"10.0.0.53"}},
 	}
-	if err := os.WriteFile(path, []byte("{"), 0o644); err != nil {
-		t.Fatal(err)
+	ours := buildResult(resultInput{
+		hostName: "tl0123456789ab", ifName: "eth0", sandbox: "/run/netns/x",
+		addr: netip.MustParsePrefix("10.250.3.7/24"), gateway: netip.MustParseAddr("10.250.3.1"),
+		routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, mtu: 1450,
+	})
+	got := mergePrev(prev, ours)
+	if len(got.Interfaces) != 3 || got.Interfaces[0].Name != "lo" || got.Interfaces[2].Name != "eth0" {
+		t.Fatalf("interfaces = %v", got.Interfaces)
 	}
-	if e, ok := p.Status(&skel.CmdArgs{StdinData: conf}).(*types.Error); !ok || e.Code != types.ErrPluginNotAvailable {
-		t.Fatalf("STATUS with a broken subnet file = %v, want code 50", e)
+	if len(got.IPs) != 2 || *got.IPs[0].Interface != 0 || *got.IPs[1].Interface != 2 || got.IPs[1].Address.String() != "10.250.3.7/24" {
+		t.Fatalf("ips = %v", got.IPs)
 	}
-	if err := subnetfile.Write(path, testInfo()); err != nil {
-		t.Fatal(err)
+	if *ours.IPs[0].Interface != 1 {
+		t.Error("mergePrev changed tulle's own result")
 	}
-	if err := p.Status(&skel.CmdArgs{StdinData: conf}); err != nil {
-		t.Fatalf("STATUS with a valid subnet file: %v", err)
+	if len(got.DNS.Nameservers) != 1 || got.DNS.Nameservers[0] != "10.0.0.53" {
+		t.Errorf("dns = %+v, want prev's kept when the config has none", got.DNS)
+	}
+	if mergePrev(nil, ours) != ours {
+		t.Error("without prevResult the result must be tulle's own")
 	}
 }
 
@@ -203,11 +212,16 @@ func TestBuildResultConverts(t *testing.T) {
 		routes: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}, mtu: 1450,
 	})
 	for _, ver := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		r, err := res.GetAsVersion(ver)
+		r, err := forVersion(res, ver).GetAsVersion(ver)
 		if err != nil {
 			t.Fatalf("convert to %s: %v", ver, err)
 		}
 		b, _ := json.Marshal(r)
+		// mtu (interfaces, routes) and advmss are CNI 1.1 fields.
+		has11 := strings.Contains(string(b), `"mtu":1450`) && strings.Contains(string(b), `"advmss":1410`)
+		if has11 != (ver == "1.1.0") {
+			t.Errorf("%s: 1.1 fields present = %t: %s", ver, has11, b)
+		}
 		switch r := r.(type) {
 		case *types040.Result:
 			if ver != "0.4.0" || r.IPs[0].Address.String() != "10.250.3.7/24" || *r.IPs[0].Interface != 1 {

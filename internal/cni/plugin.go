@@ -62,7 +62,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if err != nil {
 		return toCNIError(err)
 	}
-	out, err := res.GetAsVersion(conf.CNIVersion)
+	out, err := forVersion(res, conf.CNIVersion).GetAsVersion(conf.CNIVersion)
 	if err != nil {
 		return toCNIError(fmt.Errorf("convert result to version %s: %w", conf.CNIVersion, err))
 	}
@@ -83,8 +83,11 @@ func (p *Plugin) Check(args *skel.CmdArgs) error { return toCNIError(p.check(arg
 // lists in cni.dev/valid-attachments.
 func (p *Plugin) GC(args *skel.CmdArgs) error { return toCNIError(p.gc(args)) }
 
-// Status reports whether the plugin can ADD: the agent has published a valid
-// subnet file. Otherwise it returns code 50, "plugin not available".
+// Status reports whether the plugin can ADD. It returns code 50, "plugin
+// not available", when the agent has not published a valid subnet file,
+// when that file is stale (the node's bridge carries another gateway than
+// the file says: the agent moved to another subnet or is gone), or when
+// every address of the node's subnet is allocated.
 func (p *Plugin) Status(args *skel.CmdArgs) error { return toCNIError(p.status(args)) }
 
 func (p *Plugin) status(args *skel.CmdArgs) error {
@@ -92,12 +95,37 @@ func (p *Plugin) status(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	info, err := readSubnetFile(conf)
-	if err == nil {
-		_, err = resolve(conf, info)
-	}
-	if err != nil {
+	unavailable := func(err error) error {
 		return withCode(types.ErrPluginNotAvailable, fmt.Errorf("status of network %s: %w", conf.Name, err))
+	}
+	info, err := readSubnetFile(conf)
+	if err != nil {
+		return unavailable(err)
+	}
+	s, err := resolve(conf, info)
+	if err != nil {
+		return unavailable(err)
+	}
+	if err := p.checkFresh(conf, s); err != nil {
+		return unavailable(err)
+	}
+	store, err := ipam.Open(conf.DataDir, conf.Name)
+	if err != nil {
+		return withCode(types.ErrIOFailure, err)
+	}
+	recs, err := store.List()
+	if err != nil {
+		return withCode(types.ErrIOFailure, err)
+	}
+	used := 0
+	for _, r := range recs {
+		if s.pool.Contains(r.Addr) {
+			used++
+		}
+	}
+	if used >= s.pool.Size() {
+		return unavailable(fmt.Errorf("address pool %s is exhausted: all %d addresses are allocated (see %s); remove containers, or run GC to free those of containers that are gone",
+			s.pool.Subnet, s.pool.Size(), store.Dir()))
 	}
 	return nil
 }

@@ -18,3 +18,4 @@ func (p *Plugin) add(*skel.CmdArgs) (*NetConf, *current.Result, error) { return 
 func (p *Plugin) del(*skel.CmdArgs) error                              { return errNotLinux }
 func (p *Plugin) check(*skel.CmdArgs) error                            { return errNotLinux }
 func (p *Plugin) gc(*skel.CmdArgs) error                               { return errNotLinux }
+func (p *Plugin) checkFresh(*NetConf, settings) error                  { return errNotLinux }
