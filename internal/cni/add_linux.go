@@ -106,7 +106,7 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 	// Last, so that a taken host port (or any other failure) is undone by
 	// removing the veth and the allocation; the ports batch itself is
 	// atomic.
-	if err := ensurePorts(host, conf.DataDir, conf.Name, att, alloc.Addr.Addr(), s.pool.Subnet, conf.ports); err != nil {
+	if err := ensurePorts(host, conf.DataDir, conf.Name, s.bridge, att, alloc.Addr.Addr(), s.pool.Subnet, conf.ports); err != nil {
 		return nil, nil, err
 	}
 	return conf, mergePrev(prev, buildResult(resultInput{

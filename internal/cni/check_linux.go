@@ -138,7 +138,7 @@ func (p *Plugin) check(args *skel.CmdArgs) error {
 	if pi.Hairpin != s.hairpin {
 		return fmt.Errorf("check host veth %s: hairpin is %t, want %t", hostName, pi.Hairpin, s.hairpin)
 	}
-	return checkPorts(host, conf.DataDir, conf.Name, att, addr.Addr(), s.pool.Subnet, conf.ports)
+	return checkPorts(host, conf.DataDir, conf.Name, s.bridge, att, addr.Addr(), s.pool.Subnet, conf.ports)
 }
 
 // prevFacts is what prevResult says about the attachment.

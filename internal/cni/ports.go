@@ -22,6 +22,7 @@ const (
 	chainPortsPrerouting  = "ports-prerouting"
 	chainPortsOutput      = "ports-output"
 	chainPortsPostrouting = "ports-postrouting"
+	chainPortsInput       = "ports-input"
 )
 
 // portMappingsKey is the CNI capability, and the runtimeConfig key, of
@@ -64,6 +65,10 @@ func hostIPText(a netip.Addr) string {
 	}
 	return a.String()
 }
+
+// onLoopback reports whether m is reachable as 127.0.0.1:hostPort from the
+// node: it listens on every address or on a loopback one.
+func (m portMap) onLoopback() bool { return !m.hostIP.IsValid() || m.hostIP.IsLoopback() }
 
 // overlaps reports whether m and o would catch the same packets: same
 // protocol and host port, and host addresses that are equal or one of them
@@ -121,11 +126,9 @@ func validatePortMapping(pm PortMapping) (portMap, error) {
 		case err != nil:
 			return m, fmt.Errorf("hostIP %q is not an IP address", pm.HostIP)
 		case !a.Unmap().Is4():
-			return m, fmt.Errorf("hostIP %s: IPv6 is not supported yet (leave hostIP out or give an IPv4 address)", a)
-		case a.Unmap().IsLoopback():
-			// DNAT of 127/8 to a container needs route_localnet and a
-			// masquerade of loopback sources (issue 3, left to do).
-			return m, fmt.Errorf("hostIP %s: loopback addresses are not supported yet (use the node's address or leave hostIP out)", a)
+			// The workloads have IPv4 addresses only: a connection to an
+			// IPv6 host address cannot be DNATed to them.
+			return m, fmt.Errorf("hostIP %s is IPv6, but tulle gives containers IPv4 addresses only; leave hostIP out or give an IPv4 address of the node (127.0.0.1 for the node alone)", a)
 		}
 		if a = a.Unmap(); !a.IsUnspecified() {
 			m.hostIP = a

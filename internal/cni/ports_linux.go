@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -27,18 +28,30 @@ import (
 //	    meta nfproto ipv4 [ip daddr HOSTIP] fib daddr type local
 //	      meta l4proto P th dport HOSTPORT dnat ip to CIP:CPORT        comment TAG
 //	  chain ports-output       nat output dstnat       connections made by the node itself
-//	    (same match; without HOSTIP also ip daddr != 127.0.0.0/8)  dnat ...  comment TAG
+//	    (same match)                                      dnat ...     comment TAG
 //	  chain ports-postrouting  nat postrouting srcnat  hairpin: a container of this node
 //	    meta nfproto ipv4 ct status dnat ip saddr SUBNET ip daddr CIP
 //	      meta l4proto P th dport CPORT masquerade                     comment TAG
+//	    (HOSTIP * or 127.x only) the same with ip saddr 127.0.0.0/8    comment TAG
+//	  chain ports-input        filter input filter     the localnet guard, one per bridge
+//	    meta nfproto ipv4 iifname BRIDGE ip daddr 127.0.0.0/8
+//	      ct state & (established|related) == 0 drop     comment "tulle-cni localnet-guard BRIDGE"
 //
 // The hairpin masquerade is needed because without it a container reaching
 // a published port through the node address (its own or a neighbour's on
 // the same bridge) gets the reply straight from the target's address over
 // the bridge, which matches no connection it made.
 //
-// Loopback destinations are left out of the output chain: a packet to
-// 127.0.0.1 DNATed to a container would need route_localnet.
+// Loopback: a mapping on every address (HOSTIP *) or on a 127.x address is
+// reachable from the node as 127.0.0.1:HOSTPORT, as with Docker and the
+// reference portmap. The output chain DNATs the connection to the
+// container; its source, 127.0.0.1, may only leave through the bridge with
+// route_localnet=1 on the bridge, and the container must see another
+// source, so a masquerade rule for 127.0.0.0/8 sources goes with it.
+// route_localnet would also let the containers on the bridge send to the
+// node's 127.0.0.1; the localnet guard drops every such packet that is not
+// the reply of a connection the node made (the fix kube-proxy adopted for
+// CVE-2020-8558).
 //
 // Every rule carries the tag of its mapping (portTag) as its comment; DEL,
 // GC and CHECK select rules by tag only, and ADD finds the host ports in use
@@ -58,7 +71,8 @@ func portsTable() *nftables.Table {
 	return &nftables.Table{Name: nftTableName, Family: nftables.TableFamilyINet}
 }
 
-// portChains are the plugin's base chains in table inet tulle.
+// portChains are the plugin's NAT base chains in table inet tulle, which
+// hold the mappings' rules.
 func portChains() []*nftables.Chain {
 	t := portsTable()
 	accept := nftables.ChainPolicyAccept
@@ -72,21 +86,55 @@ func portChains() []*nftables.Chain {
 	}
 }
 
+// guardChain holds the localnet guards.
+func guardChain() *nftables.Chain {
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{Name: chainPortsInput, Table: portsTable(), Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept}
+}
+
+// guardComment tags the localnet guard of bridge.
+func guardComment(bridge string) string { return "tulle-cni localnet-guard " + bridge }
+
+// guardRule drops what arrives on bridge for 127.0.0.0/8 unless it answers
+// a connection the node made.
+func guardRule(bridge string) []expr.Any {
+	ifname := make([]byte, unix.IFNAMSIZ)
+	copy(ifname, bridge)
+	e := ipv4Only()
+	e = append(e,
+		// iifname BRIDGE
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
+	)
+	e = append(e, nftmatch.IPv4(16, loopbackNet, expr.CmpOpEq)...) // ip daddr 127.0.0.0/8
+	return append(e,
+		// ct state & (established|related) == 0
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: make([]byte, 4)},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	)
+}
+
+var loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
+
 func isPortChain(name string) bool { return strings.HasPrefix(name, "ports-") }
 
-// portRules are the three rules of one mapping, keyed by chain name.
-func portRules(tag portTag, cont netip.Addr, subnet netip.Prefix) map[string][]expr.Any {
+// portRules are the rules of one mapping, by chain name: a DNAT in
+// prerouting and in output, the hairpin masquerade in postrouting, and for
+// a mapping reachable on loopback the loopback masquerade after it.
+func portRules(tag portTag, cont netip.Addr, subnet netip.Prefix) map[string][][]expr.Any {
 	m := tag.m
 	l4 := byte(unix.IPPROTO_TCP)
 	if m.proto == "udp" {
 		l4 = unix.IPPROTO_UDP
 	}
-	dnat := func(output bool) []expr.Any {
+	dnat := func() []expr.Any {
 		e := ipv4Only()
 		if m.hostIP.IsValid() {
 			e = append(e, nftmatch.IPv4(16, netip.PrefixFrom(m.hostIP, 32), expr.CmpOpEq)...) // ip daddr HOSTIP
-		} else if output {
-			e = append(e, nftmatch.IPv4(16, netip.MustParsePrefix("127.0.0.0/8"), expr.CmpOpNeq)...) // ip daddr != 127.0.0.0/8
 		}
 		e = append(e,
 			// fib daddr type local
@@ -103,23 +151,29 @@ func portRules(tag portTag, cont netip.Addr, subnet netip.Prefix) map[string][]e
 				RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true},
 		)
 	}
-	masq := ipv4Only()
-	masq = append(masq,
-		// ct status dnat
-		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-	)
-	masq = append(masq, nftmatch.IPv4(12, subnet, expr.CmpOpEq)...)                     // ip saddr SUBNET
-	masq = append(masq, nftmatch.IPv4(16, netip.PrefixFrom(cont, 32), expr.CmpOpEq)...) // ip daddr CIP
-	masq = append(masq, matchPort(l4, m.contPort)...)
-	masq = append(masq, &expr.Masq{})
-	return map[string][]expr.Any{
-		chainPortsPrerouting:  dnat(false),
-		chainPortsOutput:      dnat(true),
-		chainPortsPostrouting: masq,
+	masq := func(from netip.Prefix) []expr.Any {
+		e := ipv4Only()
+		e = append(e,
+			// ct status dnat
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(ipsDstNAT), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		)
+		e = append(e, nftmatch.IPv4(12, from, expr.CmpOpEq)...)                       // ip saddr FROM
+		e = append(e, nftmatch.IPv4(16, netip.PrefixFrom(cont, 32), expr.CmpOpEq)...) // ip daddr CIP
+		e = append(e, matchPort(l4, m.contPort)...)
+		return append(e, &expr.Masq{})
 	}
+	out := map[string][][]expr.Any{
+		chainPortsPrerouting:  {dnat()},
+		chainPortsOutput:      {dnat()},
+		chainPortsPostrouting: {masq(subnet)},
+	}
+	if m.onLoopback() {
+		out[chainPortsPostrouting] = append(out[chainPortsPostrouting], masq(loopbackNet))
+	}
+	return out
 }
 
 // ipv4Only is "meta nfproto ipv4", which nft adds before an ip match in an
@@ -222,10 +276,12 @@ func (pc *portsConn) list() ([]taggedRule, error) {
 	return out, nil
 }
 
-// ensurePorts publishes ms for att (container address cont in subnet):
-// it replaces whatever rules att had and refuses a host port another
-// attachment publishes. All in one batch: on error nothing changed.
-func ensurePorts(host *nsLink, dataDir, network string, att ipam.Attachment, cont netip.Addr, subnet netip.Prefix, ms []portMap) error {
+// ensurePorts publishes ms for att (container address cont in subnet,
+// attached to bridge): it replaces whatever rules att had and refuses a
+// host port another attachment publishes. All in one batch: on error
+// nothing changed. A mapping reachable on loopback also turns on
+// route_localnet on the bridge and makes sure its localnet guard exists.
+func ensurePorts(host *nsLink, dataDir, network, bridge string, att ipam.Attachment, cont netip.Addr, subnet netip.Prefix, ms []portMap) error {
 	pc, err := openPorts(host, dataDir)
 	if err != nil {
 		return err
@@ -249,11 +305,19 @@ func ensurePorts(host *nsLink, dataDir, network string, att ipam.Attachment, con
 	if err := portConflict(ms, network, att, published); err != nil {
 		return err
 	}
+	loopback := slices.ContainsFunc(ms, portMap.onLoopback)
+	guarded := false
+	if loopback {
+		if guarded, err = pc.hasGuard(bridge); err != nil {
+			return err
+		}
+	}
 	// nft -f - <<'EOF'
 	//   add table inet tulle
 	//   add chain inet tulle ports-prerouting { type nat hook prerouting priority dstnat; } (and the others)
 	//   delete rule inet tulle CHAIN handle H   (att's rules of an earlier ADD)
 	//   add rule inet tulle CHAIN ... comment TAG
+	//   add rule inet tulle ports-input ... drop comment "tulle-cni localnet-guard BRIDGE" (once)
 	// EOF
 	pc.nft.AddTable(portsTable())
 	chains := map[string]*nftables.Chain{}
@@ -268,19 +332,75 @@ func ensurePorts(host *nsLink, dataDir, network string, att ipam.Attachment, con
 	}
 	for _, m := range ms {
 		tag := portTag{network: network, att: att, m: m}
+		rules := portRules(tag, cont, subnet)
 		for _, c := range portChains() {
-			pc.nft.AddRule(&nftables.Rule{
-				Table:    c.Table,
-				Chain:    chains[c.Name],
-				Exprs:    portRules(tag, cont, subnet)[c.Name],
-				UserData: userdata.AppendString(nil, userdata.TypeComment, tag.String()),
-			})
+			for _, exprs := range rules[c.Name] {
+				pc.nft.AddRule(&nftables.Rule{
+					Table:    c.Table,
+					Chain:    chains[c.Name],
+					Exprs:    exprs,
+					UserData: userdata.AppendString(nil, userdata.TypeComment, tag.String()),
+				})
+			}
 		}
+	}
+	if loopback && !guarded {
+		g := pc.nft.AddChain(guardChain())
+		pc.nft.AddRule(&nftables.Rule{Table: g.Table, Chain: g, Exprs: guardRule(bridge),
+			UserData: userdata.AppendString(nil, userdata.TypeComment, guardComment(bridge))})
 	}
 	if err := pc.nft.Flush(); err != nil {
 		return fmt.Errorf("publish ports %v for %s in table inet %s: %w", ms, att, nftTableName, err)
 	}
+	if loopback {
+		// After the guard is in place: sysctl -w net.ipv4.conf.$bridge.route_localnet=1
+		if err := setRouteLocalnet(host, bridge); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// hasGuard reports whether the localnet guard of bridge exists.
+func (pc *portsConn) hasGuard(bridge string) (bool, error) {
+	rules, err := pc.nft.GetRules(portsTable(), guardChain())
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("list nft rules of chain inet %s %s: %w", nftTableName, chainPortsInput, err)
+	}
+	for _, r := range rules {
+		if s, _ := userdata.GetString(r.UserData, userdata.TypeComment); s == guardComment(bridge) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func routeLocalnetPath(bridge string) string {
+	return "/proc/sys/net/ipv4/conf/" + bridge + "/route_localnet"
+}
+
+// setRouteLocalnet lets packets with loopback addresses be routed through
+// bridge, in the host namespace (/proc/sys/net is the opening thread's).
+func setRouteLocalnet(host *nsLink, bridge string) error {
+	err := host.ns.Do(func(ns.NetNS) error {
+		return os.WriteFile(routeLocalnetPath(bridge), []byte("1"), 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("enable route_localnet on bridge %s for ports published on 127.0.0.1: %w", bridge, err)
+	}
+	return nil
+}
+
+func routeLocalnet(host *nsLink, bridge string) (bool, error) {
+	var b []byte
+	err := host.ns.Do(func(ns.NetNS) (err error) {
+		b, err = os.ReadFile(routeLocalnetPath(bridge))
+		return err
+	})
+	return strings.TrimSpace(string(b)) == "1", err
 }
 
 // removePorts deletes the port rules of every attachment of network for
@@ -315,10 +435,11 @@ func removePorts(host *nsLink, dataDir, network string, gone func(ipam.Attachmen
 	return nil
 }
 
-// checkPorts verifies that att publishes exactly ms: each mapping's three
-// rules are present with the expected expressions, and no other rule is
-// tagged with att.
-func checkPorts(host *nsLink, dataDir, network string, att ipam.Attachment, cont netip.Addr, subnet netip.Prefix, ms []portMap) error {
+// checkPorts verifies that att publishes exactly ms: each mapping's rules
+// are present with the expected expressions, no other rule is tagged with
+// att, and a mapping reachable on loopback has route_localnet and the
+// localnet guard on its bridge.
+func checkPorts(host *nsLink, dataDir, network, bridge string, att ipam.Attachment, cont netip.Addr, subnet netip.Prefix, ms []portMap) error {
 	pc, err := openPorts(host, dataDir)
 	if err != nil {
 		return err
@@ -329,7 +450,7 @@ func checkPorts(host *nsLink, dataDir, network string, att ipam.Attachment, cont
 		return err
 	}
 	type key struct{ chain, tag string }
-	found := map[key]string{}
+	found := map[key][]string{}
 	for _, r := range have {
 		if !r.tag.ownedBy(network, att) {
 			continue
@@ -338,20 +459,39 @@ func checkPorts(host *nsLink, dataDir, network string, att ipam.Attachment, cont
 		if !slices.ContainsFunc(ms, func(m portMap) bool { return m == r.tag.m }) {
 			return fmt.Errorf("check ports of %s: chain %s has a rule for %s, which runtimeConfig does not map", att, k.chain, r.tag.m)
 		}
-		found[k] = renderExprs(r.rule.Exprs)
+		found[k] = append(found[k], renderExprs(r.rule.Exprs))
 	}
 	for _, m := range ms {
 		tag := portTag{network: network, att: att, m: m}
 		want := portRules(tag, cont, subnet)
 		for _, c := range portChains() {
-			got, ok := found[key{c.Name, tag.String()}]
+			got := found[key{c.Name, tag.String()}]
+			var w []string
+			for _, e := range want[c.Name] {
+				w = append(w, renderExprs(e))
+			}
+			slices.Sort(got)
+			slices.Sort(w)
 			switch {
-			case !ok:
+			case len(got) == 0:
 				return fmt.Errorf("check ports of %s: rule for %s not found in chain inet %s %s", att, m, nftTableName, c.Name)
-			case got != renderExprs(want[c.Name]):
-				return fmt.Errorf("check ports of %s: rule for %s in chain inet %s %s differs from what ADD made", att, m, nftTableName, c.Name)
+			case !slices.Equal(got, w):
+				return fmt.Errorf("check ports of %s: rules for %s in chain inet %s %s differ from what ADD made", att, m, nftTableName, c.Name)
 			}
 		}
+	}
+	if !slices.ContainsFunc(ms, portMap.onLoopback) {
+		return nil
+	}
+	if ok, err := pc.hasGuard(bridge); err != nil {
+		return fmt.Errorf("check ports of %s: %w", att, err)
+	} else if !ok {
+		return fmt.Errorf("check ports of %s: the localnet guard of bridge %s is missing from chain inet %s %s", att, bridge, nftTableName, chainPortsInput)
+	}
+	if ok, err := routeLocalnet(host, bridge); err != nil {
+		return fmt.Errorf("check ports of %s: %w", att, err)
+	} else if !ok {
+		return fmt.Errorf("check ports of %s: route_localnet is off on bridge %s, so 127.0.0.1 cannot reach the published ports", att, bridge)
 	}
 	return nil
 }

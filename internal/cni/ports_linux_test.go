@@ -16,7 +16,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/tulle-net/tulle/internal/dataplane"
+	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/netns"
 	"github.com/tulle-net/tulle/internal/netns/nstest"
 	"github.com/tulle-net/tulle/internal/plan"
@@ -198,7 +201,8 @@ func (n *portsNode) nft(t *testing.T, args ...string) string {
 // portRuleCount is the number of rules tagged by the plugin.
 func (n *portsNode) portRuleCount(t *testing.T) int {
 	t.Helper()
-	return strings.Count(n.nft(t, "list", "table", "inet", "tulle"), `comment "tulle-cni `)
+	out := n.nft(t, "list", "table", "inet", "tulle")
+	return strings.Count(out, `comment "tulle-cni `) - strings.Count(out, `comment "tulle-cni localnet-guard `)
 }
 
 func TestNFTTableName(t *testing.T) {
@@ -221,8 +225,10 @@ func TestPortsReachable(t *testing.T) {
 	)
 	res := n.add(t, "ctr-a", c, conf)
 	t.Logf("nft list table inet tulle:\n%s", n.nft(t, "list", "table", "inet", "tulle"))
-	if got := n.portRuleCount(t); got != 9 {
-		t.Fatalf("%d tagged rules, want 3 mappings x 3 chains:\n%s", got, n.nft(t, "list", "table", "inet", "tulle"))
+	// 3 rules per mapping, and a loopback masquerade for the two on every
+	// address.
+	if got := n.portRuleCount(t); got != 11 {
+		t.Fatalf("%d tagged rules, want 3 mappings x 3 chains + 2 loopback masquerades:\n%s", got, n.nft(t, "list", "table", "inet", "tulle"))
 	}
 
 	for _, tc := range []struct {
@@ -242,8 +248,17 @@ func TestPortsReachable(t *testing.T) {
 		// connected to.
 		{"hairpin tcp", ch, "tcp4", nodeUnderlay + ":8080", n.info.Gateway.String()},
 		{"hairpin udp", ch, "udp4", nodeUnderlay + ":5353", n.info.Gateway.String()},
+		// A mapping on every address answers on the node's 127.0.0.1 too,
+		// masqueraded to the bridge address (a 127.0.0.1 source cannot
+		// reach the container).
+		{"node loopback tcp", n.nodeH, "tcp4", "127.0.0.1:8080", n.info.Gateway.String()},
+		{"node loopback udp", n.nodeH, "udp4", "127.0.0.1:5353", n.info.Gateway.String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) { mustReach(t, tc.from, tc.network, tc.addr, tc.wantFrom) })
+	}
+	// A mapping on one address does not.
+	if _, err := dialEcho(n.nodeH, "tcp4", "127.0.0.1:8081"); err == nil {
+		t.Error("127.0.0.1:8081 answers, but 8081 is published on " + nodeUnderlay + " only")
 	}
 
 	checkConf := withPrevResult(t, conf, res)
@@ -279,6 +294,81 @@ func TestPortsReachable(t *testing.T) {
 	}
 	if _, err := dialEcho(n.peerH, "tcp4", nodeUnderlay+":8080"); err == nil {
 		t.Fatal("port 8080 still answers after DEL")
+	}
+}
+
+// TestPortsLoopback publishes a port on 127.0.0.1 only: the node reaches
+// it, the peer does not, and the route_localnet the bridge needs for it
+// does not let a container reach the node's own 127.0.0.1 services (the
+// localnet guard drops that; the test removes the guard to show the attack
+// works without it). CHECK notices a missing guard and route_localnet off.
+func TestPortsLoopback(t *testing.T) {
+	n := newPortsNode(t)
+	c, ch := n.container(t)
+	conf := n.portsConf("tcn-net", PortMapping{HostPort: 8082, ContainerPort: 80, HostIP: "127.0.0.1"})
+	res := n.add(t, "ctr-lo", c, conf)
+	mustReach(t, n.nodeH, "tcp4", "127.0.0.1:8082", n.info.Gateway.String())
+	if _, err := dialEcho(n.peerH, "tcp4", nodeUnderlay+":8082"); err == nil {
+		t.Error("the peer reaches a port published on 127.0.0.1")
+	}
+	checkConf := withPrevResult(t, conf, res)
+	if err := n.plugin.Check(args("ctr-lo", "eth0", c.Path(), checkConf)); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+
+	// A service of the node on its loopback only, and a container that
+	// routes 127.0.0.0/8 to the node instead of its own lo.
+	startEcho(t, n.nodeH, 9099, 9099)
+	err := netns.Do(ch, func() error {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		lo8 := ipnet.From(netip.MustParsePrefix("127.0.0.0/8"))
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		// ip addr del 127.0.0.1/8 dev lo (and with it the local routes)
+		if err := h.AddrDel(lo, &netlink.Addr{IPNet: ipnet.From(netip.MustParsePrefix("127.0.0.1/8"))}); err != nil {
+			return fmt.Errorf("delete 127.0.0.1 from lo: %w", err)
+		}
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/eth0/route_localnet", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		eth, err := h.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		// ip route add 127.0.0.0/8 via GATEWAY dev eth0
+		return h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: lo8, Gw: n.info.Gateway.AsSlice()})
+	})
+	if err != nil {
+		t.Fatalf("route the container's 127/8 to the node: %v", err)
+	}
+	if from, err := dialEcho(ch, "tcp4", "127.0.0.1:9099"); err == nil {
+		t.Fatalf("a container reached the node's 127.0.0.1:9099 (saw source %s): the localnet guard does not hold", from)
+	}
+	n.nft(t, "flush", "chain", "inet", "tulle", chainPortsInput)
+	if _, err := dialEcho(ch, "tcp4", "127.0.0.1:9099"); err != nil {
+		t.Fatalf("without the guard the container still cannot reach 127.0.0.1:9099 (%v): the test proves nothing", err)
+	}
+	err = n.plugin.Check(args("ctr-lo", "eth0", c.Path(), checkConf))
+	if err == nil || !strings.Contains(err.Error(), "localnet guard of bridge "+testBridge+" is missing") {
+		t.Fatalf("CHECK without the guard = %v", err)
+	}
+	n.add(t, "ctr-lo", c, conf) // a repeated ADD restores it
+	if _, err := dialEcho(ch, "tcp4", "127.0.0.1:9099"); err == nil {
+		t.Fatal("the guard is back, yet the container reaches 127.0.0.1:9099")
+	}
+	err = netns.Do(n.nodeH, func() error {
+		return os.WriteFile(routeLocalnetPath(testBridge), []byte("0"), 0o644)
+	})
+	mustOK(t, err)
+	err = n.plugin.Check(args("ctr-lo", "eth0", c.Path(), checkConf))
+	if err == nil || !strings.Contains(err.Error(), "route_localnet is off") {
+		t.Fatalf("CHECK with route_localnet off = %v", err)
 	}
 }
 
@@ -342,8 +432,8 @@ func TestPortsGC(t *testing.T) {
 	if err := n.plugin.GC(args("", "", "", gcConf)); err != nil {
 		t.Fatalf("GC: %v", err)
 	}
-	if got := n.portRuleCount(t); got != 9 {
-		t.Fatalf("GC within the grace period left %d rules, want 9", got)
+	if got := n.portRuleCount(t); got != 12 {
+		t.Fatalf("GC within the grace period left %d rules, want 3 mappings x 4", got)
 	}
 	later := New(Options{HostNSPath: n.ns.Path(), Now: func() time.Time { return time.Now().Add(2 * gcGrace) }})
 	if err := later.GC(args("", "", "", gcConf)); err != nil {
