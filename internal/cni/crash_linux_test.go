@@ -629,7 +629,15 @@ func TestCrashSafety(t *testing.T) {
 	for _, c := range kept {
 		wantAtts = append(wantAtts, att(c))
 		wantVeths = append(wantVeths, HostVethName(c.id, "eth0"))
-		wantRules += 3 * len(c.ports)
+		for _, pm := range c.ports {
+			m, err := validatePortMapping(pm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rs := range portRules(portTag{m: m}, netip.MustParseAddr("10.0.0.1"), netip.MustParsePrefix("10.0.0.0/24")) {
+				wantRules += len(rs)
+			}
+		}
 	}
 	slices.Sort(wantVeths)
 	var gotAtts []ipam.Attachment
