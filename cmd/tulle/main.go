@@ -50,6 +50,8 @@ func newRootCmd() *cobra.Command {
 		newLeasesCmd(),
 		newLabCmd(),
 		newDemoCmd(),
+		newRunCmd(), newPsCmd(), newExecCmd(), newLogsCmd(), newStopCmd(), newRmCmd(),
+		newRootfsCmd(), newNetnsCmd(), newLinksCmd(), newMonitorCmd(),
 	)
 	return root
 }
