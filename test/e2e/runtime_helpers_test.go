@@ -371,7 +371,7 @@ func buildRootfs(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777); err != nil {
+	if err := os.Chmod(filepath.Join(root, "tmp"), 0o777|fs.ModeSticky); err != nil {
 		t.Fatal(err)
 	}
 	return root
