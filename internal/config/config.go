@@ -14,18 +14,36 @@ import (
 const (
 	BackendVXLAN  = "vxlan"
 	BackendHostGW = "host-gw"
+	// BackendUDP is the userspace encapsulation (internal/udptun): for
+	// underlays that carry only UDP, or kernels without VXLAN.
+	BackendUDP = "udp"
 )
+
+// Backends lists the backend types in the order errors and help name them.
+func Backends() []string { return []string{BackendVXLAN, BackendHostGW, BackendUDP} }
 
 // Defaults applied by Parse and Defaults.
 const (
 	DefaultSubnetLen = 24
 	DefaultVNI       = 1
 	DefaultVXLANPort = 8472
+	// DefaultUDPPort is the udp backend's port (Flannel's 8285). It must
+	// equal udptun.DefaultPort; config imports nothing of ours, so the
+	// agent's tests check that the two agree.
+	DefaultUDPPort = 8285
 	// MaxSubnetLen leaves room for a gateway and at least two workloads.
 	MaxSubnetLen = 30
 	// VXLANOverhead is the outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
 	// Ethernet (14) header cost of one encapsulated frame.
 	VXLANOverhead = 50
+	// UDPOverhead is the outer IPv4 (20) + UDP (8) + tulle header (8) cost
+	// of one packet of the udp backend (udptun.Overhead, checked by the
+	// agent's tests).
+	UDPOverhead = 36
+	// MaxNetworkID bounds backend.vni: the VXLAN VNI is 24 bits, and the
+	// udp header's network id is held to the same range so a config valid
+	// for one backend stays valid for the other.
+	MaxNetworkID = 1<<24 - 1
 )
 
 // ErrInvalid is wrapped by every validation error so callers can tell a bad
@@ -51,9 +69,12 @@ type Network struct {
 // Backend selects and tunes the encapsulation.
 type Backend struct {
 	Type string `json:"type"`
-	// VNI is the VXLAN network identifier (vxlan only, default 1).
+	// VNI is the VXLAN network identifier (vxlan), or the network id in
+	// every udp header (udp; datagrams with another id are dropped).
+	// Default 1.
 	VNI int `json:"vni,omitempty"`
-	// Port is the VXLAN UDP port (vxlan only, default 8472).
+	// Port is the UDP port: VXLAN's (default 8472) or the udp backend's
+	// (default 8285).
 	Port int `json:"port,omitempty"`
 	// DirectRouting uses host-gw routes for peers on the same L2 segment
 	// and VXLAN for the rest (vxlan only).
@@ -93,12 +114,20 @@ func (n Network) WithDefaults() Network {
 	if n.Backend.Type == "" {
 		n.Backend.Type = BackendVXLAN
 	}
-	if n.Backend.Type == BackendVXLAN {
+	switch n.Backend.Type {
+	case BackendVXLAN:
 		if n.Backend.VNI == 0 {
 			n.Backend.VNI = DefaultVNI
 		}
 		if n.Backend.Port == 0 {
 			n.Backend.Port = DefaultVXLANPort
+		}
+	case BackendUDP:
+		if n.Backend.VNI == 0 {
+			n.Backend.VNI = DefaultVNI
+		}
+		if n.Backend.Port == 0 {
+			n.Backend.Port = DefaultUDPPort
 		}
 	}
 	// Host bits are left in place so that Validate reports them.
@@ -161,19 +190,22 @@ func (n Network) Validate() error {
 		return invalid("mtu", n.MTU, "must be between 576 and 65535, or 0 to derive it from the underlay")
 	}
 	switch n.Backend.Type {
-	case BackendVXLAN:
-		if n.Backend.VNI < 1 || n.Backend.VNI > 1<<24-1 {
-			return invalid("backend.vni", n.Backend.VNI, "must be between 1 and 16777215")
+	case BackendVXLAN, BackendUDP:
+		if n.Backend.VNI < 1 || n.Backend.VNI > MaxNetworkID {
+			return invalid("backend.vni", n.Backend.VNI, fmt.Sprintf("must be between 1 and %d", MaxNetworkID))
 		}
 		if n.Backend.Port < 1 || n.Backend.Port > 65535 {
 			return invalid("backend.port", n.Backend.Port, "must be between 1 and 65535")
 		}
+		if n.Backend.Type == BackendUDP && n.Backend.DirectRouting {
+			return invalid("backend.directRouting", true, "is a vxlan option; the udp backend carries every peer through its tunnel (remove it, or use the vxlan backend)")
+		}
 	case BackendHostGW:
 		if n.Backend.VNI != 0 || n.Backend.Port != 0 || n.Backend.DirectRouting {
-			return invalid("backend.type", n.Backend.Type, "takes no vni, port or directRouting (those are vxlan options)")
+			return invalid("backend.type", n.Backend.Type, "takes no vni, port or directRouting (those are vxlan and udp options)")
 		}
 	default:
-		return invalid("backend.type", fmt.Sprintf("%q", n.Backend.Type), "unknown; use one of "+strings.Join([]string{BackendVXLAN, BackendHostGW}, ", "))
+		return invalid("backend.type", fmt.Sprintf("%q", n.Backend.Type), "unknown; use one of "+strings.Join(Backends(), ", "))
 	}
 	return nil
 }
@@ -224,8 +256,11 @@ func (n Network) WorkloadMTU(underlayMTU int) int {
 	if n.MTU != 0 {
 		return n.MTU
 	}
-	if n.Backend.Type == BackendVXLAN {
+	switch n.Backend.Type {
+	case BackendVXLAN:
 		return underlayMTU - VXLANOverhead
+	case BackendUDP:
+		return underlayMTU - UDPOverhead
 	}
 	return underlayMTU
 }

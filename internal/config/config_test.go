@@ -41,13 +41,19 @@ func TestParseErrors(t *testing.T) {
 		{"min outside", `{"network":"10.244.0.0/16","subnetMin":"10.9.0.0"}`, "subnetMin 10.9.0.0: outside network"},
 		{"max unaligned", `{"network":"10.244.0.0/16","subnetMax":"10.244.9.7"}`, "subnetMax 10.244.9.7: not on a /24 boundary; use 10.244.9.0"},
 		{"one subnet", `{"network":"10.244.0.0/16","subnetMin":"10.244.3.0","subnetMax":"10.244.3.0"}`, "holds 1 subnet(s)"},
-		{"unknown backend", `{"network":"10.244.0.0/16","backend":{"type":"ipip"}}`, `backend.type "ipip": unknown; use one of vxlan, host-gw`},
+		{"unknown backend", `{"network":"10.244.0.0/16","backend":{"type":"ipip"}}`, `backend.type "ipip": unknown; use one of vxlan, host-gw, udp`},
 		{"unknown field", `{"network":"10.244.0.0/16","subnetlength":24}`, `unknown field "subnetlength"`},
 		{"unknown backend field", `{"network":"10.244.0.0/16","backend":{"type":"vxlan","VNIs":2}}`, `unknown field "VNIs"`},
 		{"vni range", `{"network":"10.244.0.0/16","backend":{"type":"vxlan","vni":16777216}}`, "backend.vni 16777216"},
 		{"port range", `{"network":"10.244.0.0/16","backend":{"type":"vxlan","port":70000}}`, "backend.port 70000"},
 		{"hostgw with vni", `{"network":"10.244.0.0/16","backend":{"type":"host-gw","vni":3}}`, "takes no vni"},
 		{"mtu", `{"network":"10.244.0.0/16","mtu":100}`, "mtu 100"},
+		{"udp directRouting", `{"network":"10.244.0.0/16","backend":{"type":"udp","directRouting":true}}`, "backend.directRouting true: is a vxlan option"},
+		{"udp vni range", `{"network":"10.244.0.0/16","backend":{"type":"udp","vni":16777216}}`, "backend.vni 16777216: must be between 1 and 16777215"},
+		{"udp vni negative", `{"network":"10.244.0.0/16","backend":{"type":"udp","vni":-1}}`, "backend.vni -1"},
+		{"udp port range", `{"network":"10.244.0.0/16","backend":{"type":"udp","port":65536}}`, "backend.port 65536: must be between 1 and 65535"},
+		{"udp port negative", `{"network":"10.244.0.0/16","backend":{"type":"udp","port":-5}}`, "backend.port -5"},
+		{"udp unknown field", `{"network":"10.244.0.0/16","backend":{"type":"udp","prot":8285}}`, `unknown field "prot"`},
 		{"trailing", `{"network":"10.244.0.0/16"} {}`, "trailing data"},
 		{"bad json", `{"network":`, "decode"},
 	}
@@ -61,6 +67,33 @@ func TestParseErrors(t *testing.T) {
 				t.Fatalf("error %q does not contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseUDP(t *testing.T) {
+	n, err := Parse([]byte(`{"network":"10.244.0.0/16","backend":{"type":"udp"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Backend.Type != BackendUDP || n.Backend.Port != DefaultUDPPort || n.Backend.VNI != 1 || n.Backend.DirectRouting {
+		t.Fatalf("udp defaults not applied: %+v", n.Backend)
+	}
+	if n.Backend.Port != 8285 {
+		t.Fatalf("udp default port %d, want Flannel's 8285", n.Backend.Port)
+	}
+	if got := n.WorkloadMTU(1500); got != 1500-36 {
+		t.Fatalf("udp workload mtu %d, want 1464", got)
+	}
+	again, err := Parse(n.Marshal())
+	if err != nil || again != n {
+		t.Fatalf("round trip: %+v %v", again, err)
+	}
+	c, err := Parse([]byte(`{"network":"10.244.0.0/16","mtu":1400,"backend":{"type":"udp","vni":7,"port":9000}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Backend.Port != 9000 || c.Backend.VNI != 7 || c.WorkloadMTU(1500) != 1400 {
+		t.Fatalf("udp explicit values: %+v mtu %d", c.Backend, c.WorkloadMTU(1500))
 	}
 }
 
@@ -92,6 +125,7 @@ func TestSubnetsAndContains(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"network":"10.244.0.0/16","subnetLen":26,"backend":{"type":"host-gw"}}`))
 	f.Add([]byte(`{"network":"10.0.0.0/30","subnetLen":31}`))
+	f.Add([]byte(`{"network":"10.244.0.0/16","backend":{"type":"udp","vni":5,"port":8285}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n, err := Parse(b)
 		if err != nil {
@@ -108,6 +142,11 @@ func FuzzParse(f *testing.F) {
 		})
 		if count < 2 {
 			t.Fatalf("valid config with %d subnets: %s", count, b)
+		}
+		// Invariant: a valid udp config has a usable port and network id
+		// and never asks for directRouting.
+		if bk := n.Backend; bk.Type == BackendUDP && (bk.Port < 1 || bk.Port > 65535 || bk.VNI < 1 || bk.VNI > MaxNetworkID || bk.DirectRouting) {
+			t.Fatalf("accepted invalid udp backend %+v: %s", bk, b)
 		}
 	})
 }

@@ -28,9 +28,10 @@ type Attrs struct {
 	Node string `json:"node"`
 	// PublicIP is the node's underlay address.
 	PublicIP netip.Addr `json:"publicIP"`
-	// BackendType is the backend the node runs ("vxlan", "host-gw").
+	// BackendType is the backend the node runs ("vxlan", "host-gw", "udp").
 	BackendType string `json:"backend"`
-	// BackendData carries backend specifics (vxlan: the VTEP MAC).
+	// BackendData carries backend specifics (vxlan: the VTEP MAC; udp:
+	// the port).
 	BackendData BackendData `json:"backendData,omitzero"`
 }
 
@@ -38,6 +39,9 @@ type Attrs struct {
 type BackendData struct {
 	// VtepMAC is the node's VXLAN device MAC address.
 	VtepMAC string `json:"vtepMAC,omitempty"`
+	// Port is the UDP port the node's udp backend listens on (udp only;
+	// 0: unknown, peers use the cluster's backend.port).
+	Port int `json:"port,omitempty"`
 }
 
 // ErrBadValue is wrapped when a datastore key or value cannot be decoded.
@@ -83,6 +87,9 @@ func Decode(subnet netip.Prefix, value []byte) (Lease, error) {
 		if _, err := net.ParseMAC(a.BackendData.VtepMAC); err != nil {
 			return Lease{}, fmt.Errorf("%w: lease %s of node %q: vtepMAC %q: %v", ErrBadValue, subnet, a.Node, a.BackendData.VtepMAC, err)
 		}
+	}
+	if p := a.BackendData.Port; p < 0 || p > 65535 {
+		return Lease{}, fmt.Errorf("%w: lease %s of node %q: port %d is outside 1-65535", ErrBadValue, subnet, a.Node, p)
 	}
 	return Lease{Subnet: subnet, Attrs: a}, nil
 }

@@ -91,6 +91,18 @@ func TestKeyAndValue(t *testing.T) {
 	if err != nil || got.Attrs != a || got.Subnet != p {
 		t.Fatalf("round trip %+v %v", got, err)
 	}
+	u := Attrs{Node: "n2", PublicIP: netip.MustParseAddr("192.168.0.10"), BackendType: "udp", BackendData: BackendData{Port: 8285}}
+	if !strings.Contains(string(u.Encode()), `"backendData":{"port":8285}`) {
+		t.Fatalf("udp lease encodes as %s, want backendData.port", u.Encode())
+	}
+	if got, err := Decode(p, u.Encode()); err != nil || got.Attrs != u {
+		t.Fatalf("udp round trip %+v %v", got, err)
+	}
+	for _, bad := range []string{`{"node":"n","publicIP":"1.2.3.4","backendData":{"port":65536}}`, `{"node":"n","publicIP":"1.2.3.4","backendData":{"port":-1}}`, `{"node":"n","publicIP":"1.2.3.4","backendData":{"port":"x"}}`} {
+		if _, err := Decode(p, []byte(bad)); !errors.Is(err, ErrBadValue) {
+			t.Errorf("Decode(%s) = %v", bad, err)
+		}
+	}
 	for _, bad := range []string{`{`, `{"node":""}`, `{"node":"n","publicIP":""}`, `{"node":"n","publicIP":"fd00::1"}`, `{"node":"n","publicIP":"1.2.3.4","backendData":{"vtepMAC":"zz"}}`} {
 		if _, err := Decode(p, []byte(bad)); !errors.Is(err, ErrBadValue) {
 			t.Errorf("Decode(%s) = %v", bad, err)
@@ -100,9 +112,10 @@ func TestKeyAndValue(t *testing.T) {
 
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"node":"n1","publicIP":"192.168.0.9","backend":"vxlan","backendData":{"vtepMAC":"02:00:00:00:00:01"}}`))
+	f.Add([]byte(`{"node":"n1","publicIP":"192.168.0.9","backend":"udp","backendData":{"port":8285}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		l, err := Decode(netip.MustParsePrefix("10.0.0.0/24"), b)
-		if err == nil && (l.Node == "" || !l.PublicIP.Is4()) {
+		if err == nil && (l.Node == "" || !l.PublicIP.Is4() || l.BackendData.Port < 0 || l.BackendData.Port > 65535) {
 			t.Fatalf("accepted invalid lease %s", b)
 		}
 	})

@@ -59,16 +59,15 @@ func Compute(in Input) (State, error) {
 		st.VXLAN = vx
 	}
 
+	if cfg.Backend.Type == config.BackendUDP {
+		if err := computeUDP(&st, in); err != nil {
+			return State{}, err
+		}
+		st.sort()
+		return st, nil
+	}
 	for _, p := range in.Peers {
-		if p.Node == self.Node || p.Subnet == self.Subnet {
-			continue
-		}
-		if !cfg.Network.Contains(p.Subnet.Addr()) || p.Subnet.Bits() < cfg.Network.Bits() {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("peer %s subnet %s is outside network %s: skipped", p.Node, p.Subnet, cfg.Network))
-			continue
-		}
-		if p.PublicIP == self.PublicIP {
-			st.Warnings = append(st.Warnings, fmt.Sprintf("peer %s has this node's public IP %s: skipped (two nodes share an address?)", p.Node, p.PublicIP))
+		if !usablePeer(&st, in, p) {
 			continue
 		}
 		onLink := in.Local.onLink(p.PublicIP)
@@ -95,6 +94,25 @@ func Compute(in Input) (State, error) {
 	return st, nil
 }
 
+// usablePeer reports whether p is a peer every backend can plan for: not
+// this node, inside the cluster network, and not sharing this node's public
+// IP. It adds a warning for a peer it rejects.
+func usablePeer(st *State, in Input, p lease.Lease) bool {
+	cfg, self := in.Config, in.Self
+	if p.Node == self.Node || p.Subnet == self.Subnet {
+		return false
+	}
+	if !cfg.Network.Contains(p.Subnet.Addr()) || p.Subnet.Bits() < cfg.Network.Bits() {
+		st.Warnings = append(st.Warnings, fmt.Sprintf("peer %s subnet %s is outside network %s: skipped", p.Node, p.Subnet, cfg.Network))
+		return false
+	}
+	if p.PublicIP == self.PublicIP {
+		st.Warnings = append(st.Warnings, fmt.Sprintf("peer %s has this node's public IP %s: skipped (two nodes share an address?)", p.Node, p.PublicIP))
+		return false
+	}
+	return true
+}
+
 func (l Local) onLink(ip netip.Addr) bool {
 	for _, p := range l.UnderlayPrefixes {
 		if p.Contains(ip) {
@@ -114,6 +132,11 @@ func (s *State) sort() {
 	slices.SortFunc(s.Routes, func(a, b Route) int {
 		return cmp.Or(a.Dst.Addr().Compare(b.Dst.Addr()), cmp.Compare(a.Dst.Bits(), b.Dst.Bits()))
 	})
+	if s.UDP != nil {
+		slices.SortFunc(s.UDP.Peers, func(a, b UDPPeer) int {
+			return cmp.Or(a.Subnet.Addr().Compare(b.Subnet.Addr()), cmp.Compare(a.Subnet.Bits(), b.Subnet.Bits()))
+		})
+	}
 	slices.Sort(s.Warnings)
 }
 

@@ -2,6 +2,7 @@ package plan
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 )
 
@@ -18,6 +19,18 @@ func (s State) String() string {
 	if vx := s.VXLAN; vx != nil {
 		fmt.Fprintf(&b, "link %s type vxlan id %d dstport %d local %s dev %s nolearning mtu %d address %s\naddr %s dev %s\n",
 			vx.Name, vx.VNI, vx.Port, vx.Local, vx.Underlay, vx.MTU, vx.MAC, vx.Addr, vx.Name)
+	}
+	if t := s.TUN; t != nil {
+		fmt.Fprintf(&b, "link %s type tun mtu %d (created by the udp engine)\naddr %s dev %s\n", t.Name, t.MTU, t.Addr, t.Name)
+		if t.DisableIPv6 {
+			fmt.Fprintf(&b, "sysctl net.ipv6.conf.%s.disable_ipv6=1\n", t.Name)
+		}
+	}
+	if u := s.UDP; u != nil {
+		fmt.Fprintf(&b, "udp engine listen %s network %d local %s cluster %s\n", u.Listen, u.NetworkID, u.Local, u.Cluster)
+		for _, p := range u.Peers {
+			fmt.Fprintf(&b, "udp peer %s node %s at %s\n", p.Subnet, p.Node, netip.AddrPortFrom(p.PublicIP, p.Port))
+		}
 	}
 	for _, n := range s.Neighbors {
 		fmt.Fprintf(&b, "neigh %s lladdr %s dev %s nud permanent\n", n.IP, n.MAC, n.Dev)
@@ -39,9 +52,13 @@ func (s State) String() string {
 	return b.String()
 }
 
-// String renders a route like 'ip route': "10.244.2.0/24 via 10.244.2.0 dev tulle.1 onlink proto 197".
+// String renders a route like 'ip route': "10.244.2.0/24 via 10.244.2.0 dev tulle.1 onlink proto 197",
+// or without a gateway "10.244.0.0/16 dev tulle-udp proto 197".
 func (r Route) String() string {
-	s := fmt.Sprintf("route %s via %s dev %s", r.Dst, r.Gw, r.Dev)
+	s := fmt.Sprintf("route %s dev %s", r.Dst, r.Dev)
+	if r.Gw.IsValid() {
+		s = fmt.Sprintf("route %s via %s dev %s", r.Dst, r.Gw, r.Dev)
+	}
 	if r.Onlink {
 		s += " onlink"
 	}

@@ -3,6 +3,8 @@ package plan
 import (
 	"net"
 	"net/netip"
+
+	"github.com/tulle-net/tulle/internal/config"
 )
 
 // Names and numbers that mark kernel objects as tulle's.
@@ -14,6 +16,15 @@ const (
 	BridgeName = "tulle0"
 	// VXLANPrefix + VNI names the VXLAN device ("tulle.1").
 	VXLANPrefix = "tulle."
+	// TUNName is the udp backend's TUN device. It shares neither the
+	// VXLAN prefix "tulle." (so VXLAN cleanup never takes it for a stale
+	// VXLAN device) nor the plugin's "tl" veth prefix.
+	TUNName = "tulle-udp"
+	// UDPOverhead is what the udp backend takes from the underlay MTU:
+	// outer IPv4 (20) + UDP (8) + tulle header (8). It equals
+	// udptun.Overhead (checked by the agent's tests: plan may not import
+	// udptun, which imports plan).
+	UDPOverhead = config.UDPOverhead
 	// NFTTable is the nftables table (family inet) tulle owns.
 	NFTTable = "tulle"
 )
@@ -28,6 +39,14 @@ type State struct {
 	// VXLAN is the VXLAN device (nil: none, and an existing tulle VXLAN
 	// device must be removed).
 	VXLAN *VXLAN
+	// TUN is the udp backend's TUN device (nil: none, and an existing
+	// tulle TUN device must be removed). The udp engine creates it; the
+	// dataplane sets its MTU, address and up state.
+	TUN *TUN
+	// UDP is the udp backend's userspace data path: what the agent
+	// configures the engine with (nil: no engine). It is not kernel
+	// state; the dataplane ignores it.
+	UDP *UDP
 	// Neighbors are permanent ARP entries (vxlan peers' .0 -> VTEP MAC).
 	Neighbors []Neighbor
 	// FDB are permanent bridge FDB entries on the VXLAN device.
@@ -66,6 +85,42 @@ type VXLAN struct {
 	Addr netip.Prefix
 }
 
+// TUN is the udp backend's TUN device (layer 3, no MAC).
+type TUN struct {
+	Name string
+	// MTU is the underlay MTU minus UDPOverhead.
+	MTU int
+	// Addr is the own subnet's .0 as a /32: the source of ICMP errors the
+	// engine sends and of the node's own traffic to other nodes' workloads.
+	Addr netip.Prefix
+	// DisableIPv6 turns IPv6 off on the device (tulle is IPv4-only): else
+	// the kernel sends router solicitations and MLD reports into it, which
+	// the engine can only drop and count as malformed.
+	DisableIPv6 bool
+}
+
+// UDP configures the udp backend's engine (internal/udptun).
+type UDP struct {
+	// Listen is the node's public IP and the backend port.
+	Listen netip.AddrPort
+	// NetworkID goes into every header (backend.vni).
+	NetworkID uint32
+	// Local is the node's subnet; Cluster the cluster network.
+	Local, Cluster netip.Prefix
+	// Peers are the other nodes, sorted by subnet.
+	Peers []UDPPeer
+}
+
+// UDPPeer is one remote node of the udp backend: packets to Subnet go in a
+// datagram to PublicIP:Port, and only datagrams from PublicIP are accepted
+// for it.
+type UDPPeer struct {
+	Node     string
+	Subnet   netip.Prefix
+	PublicIP netip.Addr
+	Port     uint16
+}
+
 // Neighbor is a permanent neighbour entry: ip neigh replace IP lladdr MAC dev Dev nud permanent.
 type Neighbor struct {
 	Dev string
@@ -80,11 +135,13 @@ type FDB struct {
 	Dst netip.Addr
 }
 
-// Route is a unicast route to a peer subnet.
+// Route is a unicast route to a peer subnet, or (without Gw) a device
+// route such as the udp backend's cluster route into its TUN device.
 //
-//	ip route replace Dst via Gw dev Dev [onlink] proto 197
+//	ip route replace Dst [via Gw] dev Dev [onlink] proto 197
 type Route struct {
-	Dst    netip.Prefix
+	Dst netip.Prefix
+	// Gw is the next hop; the zero Addr means none (scope link).
 	Gw     netip.Addr
 	Dev    string
 	Onlink bool
