@@ -11,7 +11,7 @@ import (
 
 // TestApplyComputedState runs the real pipeline the agent runs:
 // Underlay -> plan.Compute -> Apply, for vxlan with direct routing (one
-// peer on the underlay's segment, one behind a router) and for host-gw.
+// peer on the underlay's segment, one behind a router), host-gw and udp.
 func TestApplyComputedState(t *testing.T) {
 	t.Parallel()
 	n := newNode(t)
@@ -65,5 +65,28 @@ func TestApplyComputedState(t *testing.T) {
 	equalOrFatal(t, "routes", n.routes(t), []string{"10.244.2.0/24 via 192.168.0.2 dev ul0"})
 	if n.hasLink("tulle.1") {
 		t.Error("tulle.1 survived the switch to host-gw")
+	}
+
+	// And to udp (the engine's TUN device stood in for by ip tuntap): one
+	// cluster route into the TUN device replaces the peer routes, and
+	// every workload-facing MTU is the underlay's minus the udp overhead.
+	in.Config.Backend = config.Backend{Type: config.BackendUDP}
+	in.Config = in.Config.WithDefaults()
+	for i := range in.Peers {
+		in.Peers[i].BackendType = config.BackendUDP
+	}
+	if want, err = plan.Compute(in); err != nil {
+		t.Fatal(err)
+	}
+	n.addTUN(t, plan.TUNName, "tun")
+	n.applyTwice(t, want)
+	equalOrFatal(t, "routes", n.routes(t), []string{"10.244.0.0/16 via <nil> dev tulle-udp"})
+	for _, dev := range []string{plan.TUNName, plan.BridgeName} {
+		if got := n.link(t, dev).Attrs().MTU; got != u.MTU-config.UDPOverhead {
+			t.Errorf("%s MTU %d, want %d", dev, got, u.MTU-config.UDPOverhead)
+		}
+	}
+	if len(want.UDP.Peers) != 2 {
+		t.Errorf("udp peers %+v, want n2 and n3 (udp crosses routers)", want.UDP.Peers)
 	}
 }

@@ -111,6 +111,20 @@ func validate(s plan.State) error {
 			bad("bridge and vxlan share the name %q", v.Name)
 		}
 	}
+	if t := s.TUN; t != nil {
+		if t.Name != plan.TUNName {
+			bad("tun name %q: tulle owns only the tun device %q", t.Name, plan.TUNName)
+		}
+		if t.MTU < 68 || t.MTU > 65535 {
+			bad("tun %s MTU %d is outside 68-65535", t.Name, t.MTU)
+		}
+		if !t.Addr.IsValid() || !t.Addr.Addr().Is4() {
+			bad("tun %s address %s is not an IPv4 prefix", t.Name, t.Addr)
+		}
+		if (s.Bridge != nil && s.Bridge.Name == t.Name) || vxName == t.Name {
+			bad("tun %s shares its name with the bridge or the vxlan device", t.Name)
+		}
+	}
 	// Neighbour and FDB entries are only owned (and so only ever pruned) on
 	// tulle's VXLAN device; entries elsewhere would be added but never
 	// cleaned up.
@@ -135,8 +149,10 @@ func validate(s plan.State) error {
 		switch {
 		case !r.Dst.IsValid() || !r.Dst.Addr().Is4() || r.Dst != r.Dst.Masked():
 			bad("route destination %s is not a masked IPv4 prefix", r.Dst)
-		case !r.Gw.Is4():
+		case r.Gw.IsValid() && !r.Gw.Is4():
 			bad("route %s gateway %s is not IPv4", r.Dst, r.Gw)
+		case !r.Gw.IsValid() && r.Onlink:
+			bad("route %s is onlink without a gateway", r.Dst)
 		case r.Dev == "":
 			bad("route %s has no device", r.Dst)
 		case seen[r.Dst]:
@@ -157,7 +173,8 @@ func validIfname(s string) bool {
 }
 
 // sameKernelState reports whether a and b ask for the same kernel state
-// (WorkloadMTU and Warnings are not programmed, so they do not count).
+// (WorkloadMTU, Warnings and the udp engine's UDP are not programmed, so
+// they do not count).
 func sameKernelState(a, b *plan.State) bool {
 	eqMAC := func(x, y net.HardwareAddr) bool { return bytes.Equal(x, y) }
 	return a.Forwarding == b.Forwarding &&
@@ -174,6 +191,7 @@ func sameKernelState(a, b *plan.State) bool {
 			return x.Dev == y.Dev && x.Dst == y.Dst && eqMAC(x.MAC, y.MAC)
 		}) &&
 		slices.Equal(a.Routes, b.Routes) &&
+		eqPtr(a.TUN, b.TUN, func(x, y plan.TUN) bool { return x == y }) &&
 		eqPtr(a.Masquerade, b.Masquerade, func(x, y plan.Masquerade) bool { return x == y })
 }
 
@@ -200,6 +218,10 @@ func cloneKernelState(s plan.State) plan.State {
 	if s.Masquerade != nil {
 		m := *s.Masquerade
 		c.Masquerade = &m
+	}
+	if s.TUN != nil {
+		t := *s.TUN
+		c.TUN = &t
 	}
 	c.Neighbors = slices.Clone(s.Neighbors)
 	for i := range c.Neighbors {

@@ -221,6 +221,10 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 			s := linkState(l)
 			o.Bridge = &s
 		}
+		if t, ok := l.(*netlink.Tuntap); ok && a.Name == plan.TUNName && t.Mode == netlink.TUNTAP_MODE_TUN {
+			s := linkState(l)
+			o.TUN = &s
+		}
 		if v, ok := l.(*netlink.Vxlan); ok && strings.HasPrefix(a.Name, plan.VXLANPrefix) {
 			local, _ := netip.AddrFromSlice(v.SrcAddr)
 			o.VXLANs = append(o.VXLANs, obsVXLAN{
@@ -296,10 +300,37 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 		})
 	}
 
+	if want.TUN != nil && o.TUN != nil && want.TUN.Name == o.TUN.Name {
+		if o.TUNIPv6Off, err = d.ipv6Off(o.TUN.Name); err != nil {
+			return o, nil, err
+		}
+	}
+
 	if o.NFT, err = d.observeNFT(); err != nil {
 		return o, nil, err
 	}
 	return o, index, nil
+}
+
+// disableIPv6Path is the sysctl that turns IPv6 off on one link.
+func disableIPv6Path(dev string) string { return "/proc/sys/net/ipv6/conf/" + dev + "/disable_ipv6" }
+
+// ipv6Off reads net.ipv6.conf.<dev>.disable_ipv6 in the namespace; a
+// kernel without IPv6 has no such file, which counts as off.
+func (d *Dataplane) ipv6Off(dev string) (bool, error) {
+	var v []byte
+	err := netns.Do(d.ns, func() error {
+		var err error
+		v, err = os.ReadFile(disableIPv6Path(dev))
+		return err
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", disableIPv6Path(dev), err)
+	}
+	return strings.TrimSpace(string(v)) == "1", nil
 }
 
 // observeNFT renders the agent's chains of table inet tulle as they are in
@@ -415,6 +446,10 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 	case opForwarding:
 		// sysctl -w net.ipv4.ip_forward=1 (in the namespace)
 		return netns.Do(d.ns, func() error { return os.WriteFile(ipForward, []byte("1\n"), 0o644) })
+
+	case opDisableIPv6:
+		// sysctl -w net.ipv6.conf.NAME.disable_ipv6=1 (in the namespace)
+		return netns.Do(d.ns, func() error { return os.WriteFile(disableIPv6Path(o.dev), []byte("1\n"), 0o644) })
 
 	case opAddBridge:
 		// ip link add NAME type bridge mtu MTU
@@ -559,11 +594,14 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 		if o.route.Onlink {
 			r.Flags = int(netlink.FLAG_ONLINK)
 		}
+		if !o.route.Gw.IsValid() {
+			r.Scope = netlink.SCOPE_LINK // as 'ip route add DST dev NAME' does
+		}
 		if o.kind == opReplaceRoute {
-			// ip route replace DST via GW dev NAME [onlink] proto 197
+			// ip route replace DST [via GW] dev NAME [onlink] proto 197
 			return d.nl.RouteReplace(r)
 		}
-		// ip route add DST via GW dev NAME [onlink] proto 197
+		// ip route add DST [via GW] dev NAME [onlink] proto 197
 		err = d.nl.RouteAdd(r)
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("a route to %s that is not tulle's (another protocol) exists: %w", o.route.Dst, err)

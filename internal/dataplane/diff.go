@@ -26,6 +26,12 @@ type observed struct {
 	Bridge *obsLink
 	// VXLANs are all links of kind vxlan named plan.VXLANPrefix+"*".
 	VXLANs []obsVXLAN
+	// TUN is the TUN device named plan.TUNName, if any (whether or not the
+	// plan wants one: a stale one is removed).
+	TUN *obsLink
+	// TUNIPv6Off is net.ipv6.conf.<TUN>.disable_ipv6 (true also where the
+	// kernel has no IPv6); only read when a TUN device is wanted.
+	TUNIPv6Off bool
 	// Neighbors and FDB are the entries on the desired VXLAN device.
 	Neighbors []obsNeigh
 	FDB       []plan.FDB
@@ -87,6 +93,7 @@ const (
 	opDelRoute
 	opSetNFT
 	opDelNFT
+	opDisableIPv6
 )
 
 // op is one kernel change. Only the fields its kind needs are set.
@@ -165,13 +172,18 @@ func (o op) String() string {
 		return fmt.Sprintf("%s chain inet %s postrouting: %s", verb, plan.NFTTable, masqText(o.masq))
 	case opDelNFT:
 		return fmt.Sprintf("del chain inet %s postrouting", plan.NFTTable)
+	case opDisableIPv6:
+		return fmt.Sprintf("sysctl net.ipv6.conf.%s.disable_ipv6=1", o.dev)
 	}
 	return fmt.Sprintf("op(%d)", o.kind)
 }
 
 // routeText is 'ip route' syntax without the protocol, which is always ours.
 func routeText(r plan.Route) string {
-	s := fmt.Sprintf("route %s via %s dev %s", r.Dst, r.Gw, r.Dev)
+	s := fmt.Sprintf("route %s dev %s", r.Dst, r.Dev)
+	if r.Gw.IsValid() {
+		s = fmt.Sprintf("route %s via %s dev %s", r.Dst, r.Gw, r.Dev)
+	}
 	if r.Onlink {
 		s += " onlink"
 	}
@@ -186,11 +198,18 @@ func masqText(m *plan.Masquerade) string {
 // not own (of another kind); diff never deletes such a link.
 var errConflict = errors.New("dataplane: name conflict")
 
+// ErrTUNMissing is wrapped by Apply when the plan wants the udp backend's
+// TUN device and it does not exist. The dataplane never creates it: the
+// udp engine does (udptun.Open), so the caller should (re)open the engine
+// and apply again. The rest of the state is still applied.
+var ErrTUNMissing = errors.New("dataplane: tun device missing")
+
 // diff returns the ops that turn have into want, in execution order:
 //
 //	forwarding; bridge (create, mtu, addrs, up); vxlan (recreate if
-//	incompatible, mac, mtu, addrs, up); neighbour, FDB, route adds;
-//	nft table; route, FDB, neighbour deletes; stale vxlan links; nft delete
+//	incompatible, mac, mtu, addrs, up); tun (mtu, addrs, up); neighbour,
+//	FDB, route adds; nft table; route, FDB, neighbour deletes; stale vxlan
+//	and tun links; nft delete
 //
 // so a peer's neighbour and FDB entry exist before its route (the kernel never
 // ARPs for the gateway) and its route goes before them. The error reports
@@ -249,6 +268,29 @@ func diff(have observed, want plan.State) ([]op, error) {
 		}
 	}
 
+	// The TUN device is the udp engine's to create; diff only tunes it.
+	// Without it, routes through it cannot be added: they wait for the
+	// next Apply after the engine has (re)created the device.
+	noTUN := false
+	if t := want.TUN; t != nil {
+		k, exists := have.Kinds[t.Name]
+		switch {
+		case exists && have.TUN == nil:
+			noTUN = true
+			errs = append(errs, fmt.Errorf("%w: link %s is a %s, not a tun device: remove it or free the name", errConflict, t.Name, k))
+		case have.TUN == nil:
+			noTUN = true
+			errs = append(errs, fmt.Errorf("%w: %s (the udp engine creates it; its routes wait until it exists)", ErrTUNMissing, t.Name))
+		default:
+			// IPv6 off before the device goes up: no router
+			// solicitation is ever sent into it.
+			if t.DisableIPv6 && !have.TUNIPv6Off {
+				ops = append(ops, op{kind: opDisableIPv6, dev: t.Name})
+			}
+			ops, dels = diffLink(ops, dels, *have.TUN, t.Name, t.MTU, nil, t.Addr)
+		}
+	}
+
 	// Neighbours, keyed by IP (their identity on the device).
 	haveNeigh := make(map[netip.Addr]int, len(have.Neighbors))
 	if !fresh {
@@ -298,6 +340,12 @@ func diff(have observed, want plan.State) ([]op, error) {
 	keep := make([]bool, len(have.Routes))
 	for _, r := range want.Routes {
 		i, ok := at0[r.Dst]
+		if noTUN && r.Dev == want.TUN.Name {
+			if ok {
+				keep[i] = true // on a foreign link of that name: not ours to move
+			}
+			continue
+		}
 		switch {
 		case !ok:
 			ops = append(ops, op{kind: opAddRoute, dev: r.Dev, route: r})
@@ -342,6 +390,9 @@ func diff(have observed, want plan.State) ([]op, error) {
 		if want.VXLAN == nil || v.Name != want.VXLAN.Name {
 			dels = append(dels, op{kind: opDelLink, dev: v.Name, drift: "stale"})
 		}
+	}
+	if want.TUN == nil && have.TUN != nil {
+		dels = append(dels, op{kind: opDelLink, dev: have.TUN.Name, drift: "stale"})
 	}
 	if want.Masquerade == nil && have.NFT != nil {
 		dels = append(dels, op{kind: opDelNFT})

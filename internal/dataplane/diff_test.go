@@ -59,6 +59,17 @@ func hostGWState(peers ...peer) plan.State {
 	return s
 }
 
+// udpState is node 1's state with the udp backend: peers live in the
+// engine, so the kernel holds one cluster route into the TUN device.
+func udpState() plan.State {
+	s := vxState()
+	s.VXLAN = nil
+	s.Bridge.MTU = 1464
+	s.TUN = &plan.TUN{Name: plan.TUNName, MTU: 1464, Addr: netip.MustParsePrefix("10.244.1.0/32"), DisableIPv6: true}
+	s.Routes = []plan.Route{{Dst: netip.MustParsePrefix("10.244.0.0/16"), Dev: plan.TUNName}}
+	return s
+}
+
 // inSync is what observe would read after s was applied to a namespace
 // holding only lo and the underlay ul0.
 func inSync(s plan.State) observed {
@@ -73,6 +84,11 @@ func inSync(s plan.State) observed {
 			obsLink: obsLink{Name: v.Name, MTU: v.MTU, Up: true, MAC: v.MAC, Addrs: []netip.Prefix{v.Addr}},
 			VNI:     v.VNI, Port: v.Port, Local: v.Local, Underlay: v.Underlay,
 		}}
+	}
+	if u := s.TUN; u != nil {
+		o.Kinds[u.Name] = "tuntap"
+		o.TUN = &obsLink{Name: u.Name, MTU: u.MTU, Up: true, Addrs: []netip.Prefix{u.Addr}}
+		o.TUNIPv6Off = u.DisableIPv6
 	}
 	for _, n := range s.Neighbors {
 		o.Neighbors = append(o.Neighbors, obsNeigh{Neighbor: n, Permanent: true})
@@ -105,6 +121,7 @@ func TestDiff(t *testing.T) {
 		want     plan.State
 		ops      []string
 		conflict bool
+		missing  bool // ErrTUNMissing
 	}{
 		{
 			name: "empty namespace: everything, peers' neighbour and fdb before routes",
@@ -344,6 +361,90 @@ func TestDiff(t *testing.T) {
 			},
 		},
 		{
+			name: "udp: tun tuned in place, cluster route added",
+			have: func() observed {
+				o := inSync(vxState())
+				o.VXLANs, o.Routes = nil, nil
+				delete(o.Kinds, "tulle.1")
+				o.Bridge.MTU = 1464
+				o.Kinds[plan.TUNName] = "tuntap"
+				o.TUN = &obsLink{Name: plan.TUNName, MTU: 1500} // as the engine made it
+				return o
+			},
+			want: udpState(),
+			ops: []string{
+				"sysctl net.ipv6.conf.tulle-udp.disable_ipv6=1",
+				"set link tulle-udp mtu 1464",
+				"add addr 10.244.1.0/32 dev tulle-udp",
+				"set link tulle-udp up",
+				"add route 10.244.0.0/16 dev tulle-udp",
+			},
+		},
+		{
+			name: "udp in sync: nothing",
+			have: func() observed { return inSync(udpState()) },
+			want: udpState(),
+		},
+		{
+			name: "udp: tun missing is reported, its route waits, the rest is done",
+			have: func() observed { return inSync(plan.State{}) },
+			want: udpState(),
+			ops: []string{
+				"sysctl net.ipv4.ip_forward=1",
+				"add link tulle0 type bridge mtu 1464",
+				"add addr 10.244.1.1/24 dev tulle0",
+				"set link tulle0 up",
+				"add chain inet tulle postrouting: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade",
+			},
+			missing: true,
+		},
+		{
+			name: "udp: name tulle-udp held by a veth: reported, never touched",
+			have: func() observed {
+				o := inSync(udpState())
+				o.TUN, o.Routes = nil, nil
+				o.Kinds[plan.TUNName] = "veth"
+				return o
+			},
+			want:     udpState(),
+			conflict: true,
+		},
+		{
+			name: "vxlan to udp: cluster route added, peer routes go with the vxlan device",
+			have: func() observed {
+				o := inSync(vxState(p2, p3))
+				o.Kinds[plan.TUNName] = "tuntap"
+				o.TUN = &obsLink{Name: plan.TUNName, MTU: 1464, Up: true}
+				o.TUNIPv6Off = true
+				return o
+			},
+			want: udpState(),
+			ops: []string{
+				"set link tulle0 mtu 1464",
+				"add addr 10.244.1.0/32 dev tulle-udp",
+				"add route 10.244.0.0/16 dev tulle-udp",
+				"del route 10.244.2.0/24 via 10.244.2.0 dev tulle.1 onlink",
+				"del route 10.244.3.0/24 via 10.244.3.0 dev tulle.1 onlink",
+				"del link tulle.1",
+			},
+		},
+		{
+			name: "udp to vxlan: cluster route, then the stale tun device removed",
+			have: func() observed { return inSync(udpState()) },
+			want: vxState(p2),
+			ops: []string{
+				"set link tulle0 mtu 1450",
+				"add link tulle.1 type vxlan id 1 local 192.168.0.1 dev ul0 dstport 8472 nolearning mtu 1450 address 02:00:00:00:00:0a",
+				"add addr 10.244.1.0/32 dev tulle.1",
+				"set link tulle.1 up",
+				"replace neigh 10.244.2.0 lladdr 02:00:00:00:00:0b dev tulle.1 nud permanent",
+				"replace fdb 02:00:00:00:00:0b dev tulle.1 dst 192.168.0.2 self permanent",
+				"add route 10.244.2.0/24 via 10.244.2.0 dev tulle.1 onlink",
+				"del route 10.244.0.0/16 dev tulle-udp",
+				"del link tulle-udp",
+			},
+		},
+		{
 			name: "nft table changed behind our back is replaced",
 			have: func() observed { o := inSync(vxState()); o.NFT = &otherTable; return o },
 			want: vxState(),
@@ -370,8 +471,8 @@ func TestDiff(t *testing.T) {
 			if got := opStrings(ops); !slices.Equal(got, tc.ops) {
 				t.Errorf("ops:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tc.ops, "\n  "))
 			}
-			if (err != nil) != tc.conflict || (err != nil && !errors.Is(err, errConflict)) {
-				t.Errorf("err = %v, want conflict %t", err, tc.conflict)
+			if errors.Is(err, errConflict) != tc.conflict || errors.Is(err, ErrTUNMissing) != tc.missing || (err != nil) != (tc.conflict || tc.missing) {
+				t.Errorf("err = %v, want conflict %t, tun missing %t", err, tc.conflict, tc.missing)
 			}
 		})
 	}
@@ -396,6 +497,18 @@ func TestValidate(t *testing.T) {
 		{"bridge without address", func(s *plan.State) { s.Bridge.Addr = netip.Prefix{} }},
 		{"bridge named like the vxlan", func(s *plan.State) { s.Bridge.Name = "tulle.1" }},
 		{"masquerade without network", func(s *plan.State) { s.Masquerade.Network = netip.Prefix{} }},
+		{"tun not ours", func(s *plan.State) {
+			s.TUN = &plan.TUN{Name: "tun0", MTU: 1464, Addr: netip.MustParsePrefix("10.244.1.0/32")}
+		}},
+		{"tun mtu", func(s *plan.State) {
+			s.TUN = &plan.TUN{Name: plan.TUNName, MTU: 20, Addr: netip.MustParsePrefix("10.244.1.0/32")}
+		}},
+		{"tun without address", func(s *plan.State) { s.TUN = &plan.TUN{Name: plan.TUNName, MTU: 1464} }},
+		{"onlink route without gateway", func(s *plan.State) { s.Routes[0].Gw = netip.Addr{} }},
+		{"ipv6 gateway", func(s *plan.State) { s.Routes[0].Gw = netip.MustParseAddr("fe80::1") }},
+	}
+	if err := validate(udpState()); err != nil {
+		t.Fatalf("valid udp state rejected: %v", err)
 	}
 	if err := validate(vxState(peer{2, macB})); err != nil {
 		t.Fatalf("valid state rejected: %v", err)
@@ -438,6 +551,10 @@ func newSim(o observed) *sim {
 		b := *o.Bridge
 		s.o.Bridge = &b
 	}
+	if o.TUN != nil {
+		u := *o.TUN
+		s.o.TUN = &u
+	}
 	return s
 }
 
@@ -449,6 +566,9 @@ func (s *sim) link(name string) *obsLink {
 		if s.o.VXLANs[i].Name == name {
 			return &s.o.VXLANs[i].obsLink
 		}
+	}
+	if s.o.TUN != nil && s.o.TUN.Name == name {
+		return s.o.TUN
 	}
 	return nil
 }
@@ -483,6 +603,9 @@ func (s *sim) apply(o op) error {
 	case opDelLink:
 		delete(s.o.Kinds, o.dev)
 		s.o.VXLANs = slices.DeleteFunc(s.o.VXLANs, func(v obsVXLAN) bool { return v.Name == o.dev })
+		if s.o.TUN != nil && s.o.TUN.Name == o.dev {
+			s.o.TUN, s.o.TUNIPv6Off = nil, false
+		}
 		delete(s.neighs, o.dev)
 		delete(s.fdb, o.dev)
 		s.o.Routes = slices.DeleteFunc(s.o.Routes, func(r obsRoute) bool { return r.Dev == o.dev })
@@ -553,6 +676,11 @@ func (s *sim) apply(o op) error {
 		}
 	case opDelRoute:
 		s.o.Routes = slices.DeleteFunc(s.o.Routes, func(r obsRoute) bool { return r.Dst == o.route.Dst && r.Priority == o.prio })
+	case opDisableIPv6:
+		if s.o.TUN == nil || s.o.TUN.Name != o.dev {
+			return fmt.Errorf("%s: no tun", o)
+		}
+		s.o.TUNIPv6Off = true
 	case opSetNFT:
 		t := nftText(o.masq)
 		s.o.NFT = &t
@@ -582,10 +710,13 @@ func (s *sim) observe(want plan.State) observed {
 // randomObserved is a namespace after some earlier tulle run plus drift.
 func randomObserved(r *rand.Rand, pool []peer) observed {
 	var s plan.State
-	if r.IntN(2) == 0 {
+	switch r.IntN(3) {
+	case 0:
 		s = vxState(pick(r, pool)...)
-	} else {
+	case 1:
 		s = hostGWState(pick(r, pool)...)
+	default:
+		s = udpState()
 	}
 	if r.IntN(4) == 0 {
 		s = plan.State{}
@@ -634,6 +765,16 @@ func randomObserved(r *rand.Rand, pool []peer) observed {
 		x := "garbage"
 		o.NFT = &x
 	}
+	// The engine keeps its TUN device whatever the plan was: a leftover
+	// of an earlier udp run, or the device of the running engine,
+	// possibly as the engine created it (MTU 1500, down, no address).
+	if o.TUN == nil && r.IntN(2) == 0 {
+		o.Kinds[plan.TUNName] = "tuntap"
+		o.TUN = &obsLink{Name: plan.TUNName, MTU: 1500}
+	} else if o.TUN != nil && r.IntN(3) == 0 {
+		o.TUN.MTU, o.TUN.Up, o.TUN.Addrs = 1400, false, []netip.Prefix{netip.MustParsePrefix("10.244.99.0/32")}
+		o.TUNIPv6Off = false
+	}
 	return o
 }
 
@@ -660,11 +801,17 @@ func TestDiffConverges(t *testing.T) {
 	for i := range 2000 {
 		have := randomObserved(r, pool)
 		var want plan.State
-		switch r.IntN(3) {
+		switch r.IntN(4) {
 		case 0:
 			want = vxState(pick(r, pool)...)
 		case 1:
 			want = hostGWState(pick(r, pool)...)
+		case 2:
+			if have.TUN == nil { // the engine would have made it
+				have.Kinds[plan.TUNName] = "tuntap"
+				have.TUN = &obsLink{Name: plan.TUNName, MTU: 1500}
+			}
+			want = udpState()
 		default:
 			want = vxState(pick(r, pool)...)
 			want.Masquerade = nil
@@ -739,8 +886,15 @@ func TestSameKernelState(t *testing.T) {
 	}
 	b := vxState(peer{2, macB}, peer{3, macC})
 	b.WorkloadMTU, b.Warnings = 1234, []string{"x"}
+	b.UDP = &plan.UDP{NetworkID: 9}
 	if !sameKernelState(&b, &c) {
-		t.Error("WorkloadMTU and Warnings must not count")
+		t.Error("WorkloadMTU, Warnings and the udp engine config must not count")
+	}
+	u := udpState()
+	uc := cloneKernelState(u)
+	u.TUN.MTU = 1
+	if sameKernelState(&u, &uc) {
+		t.Error("clone shares the TUN with the original, or a TUN MTU change is not noticed")
 	}
 	for name, mutate := range map[string]func(*plan.State){
 		"forwarding": func(s *plan.State) { s.Forwarding = false },
@@ -750,6 +904,7 @@ func TestSameKernelState(t *testing.T) {
 		"neighbour":  func(s *plan.State) { s.Neighbors = s.Neighbors[1:] },
 		"route":      func(s *plan.State) { s.Routes[0].Onlink = false },
 		"masq":       func(s *plan.State) { s.Masquerade = nil },
+		"tun":        func(s *plan.State) { s.TUN = &plan.TUN{Name: plan.TUNName, MTU: 1464} },
 	} {
 		d := vxState(peer{2, macB}, peer{3, macC})
 		mutate(&d)

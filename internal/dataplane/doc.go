@@ -11,6 +11,10 @@
 //   - the bridge named by State.Bridge (created if missing, never deleted:
 //     workloads may be attached to it);
 //   - links of type vxlan named plan.VXLANPrefix+"*" (a stale one is deleted);
+//   - the udp backend's TUN device plan.TUNName (mode tun only): its MTU,
+//     address, up state and net.ipv6.conf.<name>.disable_ipv6. The udp engine creates it, never Apply, which
+//     reports ErrTUNMissing and holds back routes through it while it is
+//     absent; Apply deletes it when the plan has no TUN (a stale one);
 //   - permanent neighbour and FDB entries on tulle's VXLAN device;
 //   - routes with protocol plan.RouteProtocol in the main table;
 //   - its chains of the nftables table "inet tulle" (today "postrouting",
