@@ -38,12 +38,9 @@ func newAgentCmd() *cobra.Command {
 				}
 				o.PublicIP = a
 			}
-			cli, err := ef.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			o.Etcd = cli
+			// The agent dials etcd itself: with the udp backend it first
+			// resumes forwarding from the peers of its last run.
+			o.DialEtcd = ef.dial
 			if os.Getenv("GOGC") == "" {
 				// The agent's heap is mostly short-lived netlink dumps: a
 				// tighter GC keeps it under 30 MB RSS at 1000 peers
@@ -63,7 +60,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&node, "node-name", host, "this node's stable name (its identity in the datastore)")
 	f.StringVar(&iface, "iface", "", "underlay interface (default: the one holding --public-ip)")
 	f.StringVar(&pubIP, "public-ip", "", "underlay IPv4 address (default: the first address of --iface)")
-	f.StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "directory for subnet.json")
+	f.StringVar(&stateDir, "state-dir", agent.DefaultStateDir, "directory for subnet.json (and udp-peers.json with the udp backend)")
 	f.StringVar(&health, "health-addr", "127.0.0.1:9876", "address for /healthz, /readyz and /metrics (empty: off)")
 	f.DurationVar(&resync, "resync", agent.DefaultResync, "period of the full reconcile that heals drift")
 	f.DurationVar(&ttl, "lease-ttl", 0, "etcd lease TTL (default: 1h, renewed continuously)")

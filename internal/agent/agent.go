@@ -22,6 +22,7 @@ import (
 	"github.com/tulle-net/tulle/internal/plan"
 	"github.com/tulle-net/tulle/internal/subnet"
 	"github.com/tulle-net/tulle/internal/subnetfile"
+	"github.com/tulle-net/tulle/internal/udppeers"
 )
 
 // Defaults.
@@ -33,8 +34,14 @@ const (
 
 // Options configure an agent.
 type Options struct {
-	NodeName string           // required: the node's stable name
-	Etcd     *clientv3.Client // required
+	NodeName string // required: the node's stable name
+	// Etcd is the datastore client; or DialEtcd connects one (one of them
+	// is required). With DialEtcd the agent dials only after it has resumed
+	// a udp engine from the last run, so the udp data path forwards while
+	// etcd is still unreachable; it then keeps dialing instead of exiting.
+	// A client the agent dialed is closed when Run returns.
+	Etcd     *clientv3.Client
+	DialEtcd func(context.Context) (*clientv3.Client, error)
 	// Iface names the underlay interface; PublicIP picks it by address.
 	// One of them is required.
 	Iface    string
@@ -62,6 +69,8 @@ type Agent struct {
 	o   Options
 	log *slog.Logger
 	m   *metrics
+	// udp runs the udp backend's engine (idle with other backends).
+	udp *udpPath
 
 	ready   atomic.Bool
 	lastOK  atomic.Int64 // unix nanos of the last successful reconcile
@@ -73,8 +82,8 @@ func New(o Options) (*Agent, error) {
 	if o.NodeName == "" {
 		return nil, errors.New("agent: node name is required (--node-name)")
 	}
-	if o.Etcd == nil {
-		return nil, errors.New("agent: etcd client is required")
+	if o.Etcd == nil && o.DialEtcd == nil {
+		return nil, errors.New("agent: an etcd client or a way to dial one is required")
 	}
 	if o.Iface == "" && !o.PublicIP.IsValid() {
 		return nil, errors.New("agent: one of --iface or --public-ip is required to find the underlay")
@@ -91,16 +100,23 @@ func New(o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{
+	a := &Agent{
 		o:       o,
 		log:     o.Logger.With(logkey.Component, "agent", logkey.Node, o.NodeName),
 		m:       newMetrics(),
 		trigger: make(chan struct{}, 1),
-	}, nil
+	}
+	a.udp = newUDPPath(o.Logger.With(logkey.Node, o.NodeName), a.UDPPeersFile(), a.kick)
+	a.m.reg.MustRegister(newUDPCollector(a.udp))
+	return a, nil
 }
 
 // SubnetFile is where the agent publishes the node's facts.
 func (a *Agent) SubnetFile() string { return filepath.Join(a.o.StateDir, "subnet.json") }
+
+// UDPPeersFile is where the udp backend's engine configuration and peers
+// are kept for the next start.
+func (a *Agent) UDPPeersFile() string { return filepath.Join(a.o.StateDir, udppeers.FileName) }
 
 // Run acquires the lease, reconciles until ctx ends, and on a graceful exit
 // keeps (or with ReleaseOnExit releases) the lease. Kernel state is left in
@@ -112,14 +128,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer dp.Close()
 
-	mgr, err := subnet.New(subnet.Options{
-		Client: a.o.Etcd, Cluster: a.o.Cluster, Node: a.o.NodeName,
-		TTL: a.o.LeaseTTL, Logger: a.o.Logger,
-	})
-	if err != nil {
-		return err
-	}
-
 	g, gctx := errgroup.WithContext(ctx)
 	if a.o.HealthAddr != "" {
 		srv, err := a.serveHealth(a.o.HealthAddr)
@@ -128,7 +136,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		g.Go(func() error { return srv.run(gctx) })
 	}
+	g.Go(func() error { return a.udp.run(gctx) })
+	// Set by the goroutine below, read after g.Wait.
+	var (
+		cli *clientv3.Client
+		mgr *subnet.Manager
+	)
 	g.Go(func() error {
+		// With the udp backend this process is the data path: forward
+		// with the peers of the last run before talking to etcd.
+		a.udp.resume(gctx)
+		var err error
+		if cli, err = a.etcd(gctx); err != nil {
+			return err
+		}
+		mgr, err = subnet.New(subnet.Options{
+			Client: cli, Cluster: a.o.Cluster, Node: a.o.NodeName,
+			TTL: a.o.LeaseTTL, Logger: a.o.Logger,
+		})
+		if err != nil {
+			return err
+		}
 		in, err := a.setup(gctx, mgr)
 		if err != nil {
 			return err
@@ -144,14 +172,55 @@ func (a *Agent) Run(ctx context.Context) error {
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil // a normal shutdown
 	}
-	if own, ok := mgr.Current(); ok && a.o.ReleaseOnExit {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if rerr := mgr.Release(rctx); rerr != nil { // Release logs success itself
-			err = errors.Join(err, fmt.Errorf("release lease %s: %w", own.Subnet, rerr))
+	if mgr != nil {
+		if own, ok := mgr.Current(); ok && a.o.ReleaseOnExit {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if rerr := mgr.Release(rctx); rerr != nil { // Release logs success itself
+				err = errors.Join(err, fmt.Errorf("release lease %s: %w", own.Subnet, rerr))
+			}
 		}
 	}
+	if cli != nil && a.o.Etcd == nil {
+		cli.Close() // dialed here (DialEtcd)
+	}
 	return err
+}
+
+// etcd returns the datastore client: Options.Etcd, or one from DialEtcd.
+// A failed dial is fatal, except while a resumed udp engine forwards
+// traffic: exiting would stop the data path, so the agent keeps dialing
+// (and saying so) until etcd answers or ctx ends.
+func (a *Agent) etcd(ctx context.Context) (*clientv3.Client, error) {
+	if a.o.Etcd != nil {
+		return a.o.Etcd, nil
+	}
+	backoff := time.Second
+	for warned := false; ; {
+		cli, err := a.o.DialEtcd(ctx)
+		if err == nil {
+			if warned {
+				a.log.Info("etcd reachable again")
+			}
+			return cli, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !a.udp.isOpen() {
+			return nil, err
+		}
+		if !warned {
+			a.log.Warn("etcd unreachable; the udp engine keeps forwarding with the saved peers, retrying", logkey.Err, err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
 }
 
 // setup waits for the network config, finds the underlay and acquires the
@@ -172,9 +241,12 @@ func (a *Agent) setup(ctx context.Context, mgr *subnet.Manager) (plan.Input, err
 		IPMasq:           a.o.IPMasq,
 	}
 	attrs := lease.Attrs{Node: a.o.NodeName, PublicIP: under.Addr, BackendType: cfg.Backend.Type}
-	if cfg.Backend.Type == config.BackendVXLAN {
+	switch cfg.Backend.Type {
+	case config.BackendVXLAN:
 		local.VTEPMAC = plan.VTEPMAC(a.o.Cluster, a.o.NodeName)
 		attrs.BackendData.VtepMAC = local.VTEPMAC.String()
+	case config.BackendUDP:
+		attrs.BackendData.Port = cfg.Backend.Port
 	}
 	var prev netip.Prefix
 	if info, err := subnetfile.Read(a.SubnetFile()); err == nil {
@@ -275,7 +347,28 @@ func (a *Agent) reconcile(ctx context.Context, dp *dataplane.Dataplane, in plan.
 		a.m.reconciled(false, 0, time.Since(start))
 		return st, err
 	}
+	// The udp engine makes the TUN device: open it before Apply. Without
+	// udp, an engine left from the last run (resumed from udp-peers.json)
+	// is closed, and Apply removes its TUN device.
+	var udpErr error
+	switch {
+	case st.UDP != nil && st.TUN != nil:
+		udpErr = a.udp.apply(ctx, st)
+	case a.udp.needsClose():
+		udpErr = a.udp.close(ctx)
+	}
 	ch, err := dp.Apply(ctx, st)
+	if errors.Is(err, dataplane.ErrTUNMissing) && udpErr == nil && st.UDP != nil {
+		// The TUN device went away under the open engine (deleted by
+		// hand): reopen the engine, which makes it again, and finish.
+		a.log.Warn("udp tun device missing: reopening the udp engine", logkey.Ifname, st.TUN.Name)
+		if udpErr = a.udp.reopen(ctx, st); udpErr == nil {
+			var more dataplane.Changes
+			more, err = dp.Apply(ctx, st)
+			ch.Ops = append(ch.Ops, more.Ops...)
+		}
+	}
+	err = errors.Join(udpErr, err)
 	d := time.Since(start)
 	a.m.reconciled(err == nil, ch.Len(), d)
 	a.m.peers.Set(float64(len(st.Routes)))
@@ -283,11 +376,15 @@ func (a *Agent) reconcile(ctx context.Context, dp *dataplane.Dataplane, in plan.
 		return st, err
 	}
 	a.lastOK.Store(time.Now().UnixNano())
+	peers := len(st.Routes)
+	if st.UDP != nil {
+		peers = len(st.UDP.Peers) // one cluster route; the peers are the engine's
+	}
 	// Drift (changes without a lease change) is logged by the dataplane.
 	if ch.Len() > 0 && reason == "leases" {
-		a.log.Info("reconciled", logkey.Reason, reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
+		a.log.Info("reconciled", logkey.Reason, reason, "peers", peers, "changes", ch.Len(), logkey.Duration, d)
 	} else {
-		a.log.Debug("reconciled", logkey.Reason, reason, "peers", len(st.Routes), "changes", ch.Len(), logkey.Duration, d)
+		a.log.Debug("reconciled", logkey.Reason, reason, "peers", peers, "changes", ch.Len(), logkey.Duration, d)
 	}
 	return st, nil
 }

@@ -53,7 +53,7 @@ func (a *Agent) watchKernel(ctx context.Context) error {
 }
 
 func isOurs(name string) bool {
-	return name == plan.BridgeName || strings.HasPrefix(name, plan.VXLANPrefix)
+	return name == plan.BridgeName || name == plan.TUNName || strings.HasPrefix(name, plan.VXLANPrefix)
 }
 
 func firstErr(errs ...error) error {
