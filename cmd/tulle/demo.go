@@ -31,7 +31,7 @@ be built.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Lab.Backend, "backend", "vxlan", "backend: vxlan or host-gw")
+	f.StringVar(&o.Lab.Backend, "backend", "vxlan", "backend: vxlan, host-gw or udp")
 	f.BoolVar(&o.Keep, "keep", false, "keep the lab afterwards (remove it with 'tulle lab down --name demo')")
 	f.StringVar(&o.Lab.Name, "name", lab.DefaultDemoName, "lab name: the prefix of its namespaces")
 	f.IntVar(&o.Lab.Nodes, "nodes", lab.DefaultNodes, "number of nodes")

@@ -53,7 +53,7 @@ func labUpCmd(g *labFlags) *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", lab.DefaultNodes, "number of nodes")
 	f.IntVar(&o.Containers, "containers", 0, "containers per node")
-	f.StringVar(&o.Backend, "backend", "vxlan", "backend: vxlan or host-gw")
+	f.StringVar(&o.Backend, "backend", "vxlan", "backend: vxlan, host-gw or udp")
 	f.BoolVar(&o.Wire, "wire", false, "NIC-like underlay: TSO/GSO off on the underlay veths, GRO on")
 	f.DurationVar(&o.Resync, "resync", lab.DefaultResync, "agents' resync period")
 	f.BoolVar(&o.ReleaseOnExit, "release-on-exit", false, "start agents with --release-on-exit")
@@ -157,7 +157,7 @@ func labBenchCmd(g *labFlags) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&b.Backends, "backend", []string{"vxlan", "host-gw"}, "backends to measure")
+	f.StringSliceVar(&b.Backends, "backend", lab.DefaultBenchBackends(), "backends to measure (udp is also set against vxlan)")
 	f.StringSliceVar(&b.Profiles, "profile", []string{lab.ProfileVeth, lab.ProfileWire}, "underlay profiles: veth (plain) and wire (NIC-like)")
 	f.BoolVar(&wire, "wire", false, "measure only the wire profile (same as --profile wire)")
 	f.DurationVar(&b.Duration, "duration", lab.DefaultBenchDuration, "length of each iperf3 run")
@@ -187,6 +187,7 @@ func labScaleCmd(g *labFlags) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&o.Peers, "peers", 1000, "leases injected into etcd")
 	cmd.Flags().IntVar(&o.ColdNodes, "cold-nodes", 10, "nodes in the cold-start lab")
+	cmd.Flags().StringVar(&o.Backend, "backend", "vxlan", "backend: vxlan or udp")
 	binFlags(cmd, &lo)
 	return cmd
 }

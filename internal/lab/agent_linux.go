@@ -18,10 +18,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/tulle-net/tulle/internal/config"
 	"github.com/tulle-net/tulle/internal/ipnet"
 	"github.com/tulle-net/tulle/internal/logkey"
 	"github.com/tulle-net/tulle/internal/plan"
 	"github.com/tulle-net/tulle/internal/subnetfile"
+	"github.com/tulle-net/tulle/internal/udppeers"
 )
 
 // agentArgs is the command line of node i's agent, exactly as on a host.
@@ -200,7 +202,11 @@ func (l *Lab) nodeIndex(node string) (int, error) {
 
 // WaitConverged polls every node until it has a tulle route (protocol 197)
 // to every other node's subnet, or ctx ends; the error names what is
-// missing. Subnets are those the agents published in subnet.json.
+// missing. Subnets are those the agents published in subnet.json. With the
+// udp backend the kernel holds one route for the cluster network into the
+// TUN device and the peers live in the engine: a node has converged when
+// that route exists and its udp-peers.json (written when the engine's
+// peers change) lists every other node's subnet.
 func (l *Lab) WaitConverged(ctx context.Context) error {
 	st := l.State()
 	var handles []*netlink.Handle
@@ -220,6 +226,9 @@ func (l *Lab) WaitConverged(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		missing, err := missingRoutes(st, handles)
+		if err == nil && st.Backend == config.BackendUDP {
+			missing = missingUDPPeers(st, missing)
+		}
 		if err != nil {
 			return err
 		}
@@ -234,10 +243,21 @@ func (l *Lab) WaitConverged(ctx context.Context) error {
 	}
 }
 
-// missingRoutes lists "nodeA has no route to nodeB's 10.244.x.0/24".
+// missingRoutes lists "nodeA has no route to nodeB's 10.244.x.0/24" (udp:
+// "nodeA has no route to 10.244.0.0/16 dev tulle-udp").
 func missingRoutes(st State, handles []*netlink.Handle) ([]string, error) {
 	var missing []string
 	for i, n := range st.Nodes {
+		if st.Backend == config.BackendUDP {
+			ok, err := hasUDPRoute(handles[i])
+			if err != nil {
+				return nil, fmt.Errorf("list routes in netns %s: %w", n.NS, err)
+			}
+			if !ok {
+				missing = append(missing, fmt.Sprintf("%s has no route to %s dev %s", n.Name, DefaultNetwork, plan.TUNName))
+			}
+			continue
+		}
 		routes, err := handles[i].RouteListFiltered(netlink.FAMILY_V4,
 			&netlink.Route{Protocol: plan.RouteProtocol, Table: syscall.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
@@ -260,6 +280,63 @@ func missingRoutes(st State, handles []*netlink.Handle) ([]string, error) {
 		}
 	}
 	return missing, nil
+}
+
+// hasUDPRoute reports whether the node routes the cluster network into the
+// udp backend's TUN device with tulle's protocol.
+func hasUDPRoute(h *netlink.Handle) (bool, error) {
+	link, err := h.LinkByName(plan.TUNName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return false, nil
+		}
+		return false, err
+	}
+	routes, err := h.RouteListFiltered(netlink.FAMILY_V4,
+		&netlink.Route{Protocol: plan.RouteProtocol, Table: syscall.RT_TABLE_MAIN, LinkIndex: link.Attrs().Index},
+		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return false, err
+	}
+	for _, r := range routes {
+		if p, ok := ipnet.Prefix(r.Dst); ok && p.String() == DefaultNetwork {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// missingUDPPeers adds "nodeA's udp engine does not know nodeB's subnet"
+// for every peer missing from a node's udp-peers.json.
+func missingUDPPeers(st State, missing []string) []string {
+	for _, n := range st.Nodes {
+		f, err := udppeers.Read(filepath.Join(n.Dir, udppeers.FileName))
+		if err != nil {
+			missing = append(missing, fmt.Sprintf("%s has no udp peers yet (%v)", n.Name, err))
+			continue
+		}
+		have := map[netip.Prefix]bool{}
+		for _, p := range f.Peers {
+			have[p.Subnet] = true
+		}
+		for _, peer := range st.Nodes {
+			if peer.Name != n.Name && !have[peer.Subnet] {
+				missing = append(missing, fmt.Sprintf("%s's udp engine does not know %s's %s", n.Name, peer.Name, peer.Subnet))
+			}
+		}
+	}
+	return missing
+}
+
+// udpPeerCount is the number of peers in a node's udp-peers.json (0 if
+// unreadable).
+func udpPeerCount(n NodeState) int {
+	f, err := udppeers.Read(filepath.Join(n.Dir, udppeers.FileName))
+	if err != nil {
+		return 0
+	}
+	return len(f.Peers)
 }
 
 // nsHTTPClient is an HTTP client whose connections are opened inside ns.

@@ -21,6 +21,11 @@ const (
 	DefaultBenchRepeat   = 3
 )
 
+// DefaultBenchBackends are the backends Bench measures by default.
+func DefaultBenchBackends() []string {
+	return []string{config.BackendVXLAN, config.BackendHostGW, config.BackendUDP}
+}
+
 // Underlay profiles of the bench.
 const (
 	// ProfileVeth is the plain veth underlay: it carries 64 KB GSO
@@ -37,7 +42,7 @@ type BenchOptions struct {
 	// "bench", Nodes to 2, Containers to 1; Backend and Wire are set per
 	// run).
 	Lab Options
-	// Backends to measure (optional, default vxlan and host-gw).
+	// Backends to measure (optional, default vxlan, host-gw and udp).
 	Backends []string
 	// Profiles to measure (optional, default veth and wire).
 	Profiles []string
@@ -65,7 +70,7 @@ func (o BenchOptions) withDefaults() BenchOptions {
 		o.Lab.Containers = 1
 	}
 	if len(o.Backends) == 0 {
-		o.Backends = []string{config.BackendVXLAN, config.BackendHostGW}
+		o.Backends = DefaultBenchBackends()
 	}
 	if len(o.Profiles) == 0 {
 		o.Profiles = []string{ProfileVeth, ProfileWire}
@@ -92,8 +97,8 @@ func (o BenchOptions) validate() error {
 		}
 	}
 	for _, b := range o.Backends {
-		if b != config.BackendVXLAN && b != config.BackendHostGW {
-			return fmt.Errorf("%w: backend %q: use %s or %s", ErrInvalid, b, config.BackendVXLAN, config.BackendHostGW)
+		if !slices.Contains(config.Backends(), b) {
+			return fmt.Errorf("%w: backend %q: use one of %s", ErrInvalid, b, strings.Join(config.Backends(), ", "))
 		}
 	}
 	switch {
@@ -321,6 +326,11 @@ func WriteBench(w io.Writer, o BenchOptions, results []BenchResult) error {
 	fmt.Fprintln(w, "\nRATIO: container / underlay of the medians (throughput: higher is better, 1.00 = the underlay's limit; ping: lower is better).")
 	fmt.Fprintln(w, "PAIRS: lowest..highest ratio of one underlay run and the container run right after it.")
 	fmt.Fprintln(w, "CPU/GB: busy CPU seconds of the whole machine (/proc/stat) per GB received, underlay (UL) and container (CT) path.")
+	if cs := CompareBackends(results, config.BackendUDP, config.BackendVXLAN); len(cs) > 0 {
+		if err := writeComparisons(w, cs); err != nil {
+			return err
+		}
+	}
 	var busy []string
 	for _, r := range results {
 		if r.Idle >= noisyIdle {
@@ -330,6 +340,68 @@ func WriteBench(w io.Writer, o BenchOptions, results []BenchResult) error {
 	if len(busy) > 0 {
 		fmt.Fprintf(w, "WARNING: the machine was busy before measuring (%s of all CPUs, lab idle): expect noise.\n", strings.Join(busy, ", "))
 	}
+	return nil
+}
+
+// Comparison sets one backend's container path against another's, both
+// measured in the same bench run and underlay profile (issue 5: udp
+// against kernel vxlan).
+type Comparison struct {
+	Profile   string
+	A, B      string // backends: A is compared against B
+	Streams   int
+	ABPS      float64 // container medians, bits/s
+	BBPS      float64
+	Ratio     float64 // ABPS / BBPS
+	NormRatio float64 // (A container/underlay) / (B container/underlay): drift between the two labs cancels
+	ACPU      float64 // CPU seconds per GB over the container path
+	BCPU      float64
+}
+
+// CompareBackends pairs the results of backend a with those of b in the
+// same profile, for 1 and 4 streams, in result order.
+func CompareBackends(results []BenchResult, a, b string) []Comparison {
+	var out []Comparison
+	for _, ra := range results {
+		if ra.Backend != a {
+			continue
+		}
+		for _, rb := range results {
+			if rb.Backend != b || rb.Profile != ra.Profile {
+				continue
+			}
+			for _, tt := range [][2]Throughput{{ra.TCP1, rb.TCP1}, {ra.TCP4, rb.TCP4}} {
+				_, actr := tt[0].Medians()
+				_, bctr := tt[1].Medians()
+				_, acpu := tt[0].CPUPerGB()
+				_, bcpu := tt[1].CPUPerGB()
+				out = append(out, Comparison{
+					Profile: ra.Profile, A: a, B: b, Streams: tt[0].Streams,
+					ABPS: actr, BBPS: bctr, Ratio: ratio(actr, bctr),
+					NormRatio: ratio(tt[0].Ratio(), tt[1].Ratio()),
+					ACPU:      acpu, BCPU: bcpu,
+				})
+			}
+		}
+	}
+	return out
+}
+
+func writeComparisons(w io.Writer, cs []Comparison) error {
+	a, b := cs[0].A, cs[0].B
+	fmt.Fprintf(w, "\n%s against %s (container paths of the runs above):\n", a, b)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "PROFILE\tMEASURE\t%s\t%s\t%s/%s\tNORMALISED\tCPU/GB %s\tCPU/GB %s\tCPU RATIO\t\n",
+		strings.ToUpper(b), strings.ToUpper(a), strings.ToUpper(a), strings.ToUpper(b), strings.ToUpper(b), strings.ToUpper(a))
+	for _, c := range cs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%.2f\t%.2fs\t%.2fs\t%.2fx\t\n", c.Profile, streams(c.Streams),
+			gbit(c.BBPS), gbit(c.ABPS), c.Ratio, c.NormRatio, c.BCPU, c.ACPU, ratio(c.ACPU, c.BCPU))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s/%s: ratio of the container medians (issue 5 goal for udp: >= 0.60). NORMALISED: ratio of the two RATIO columns,\n", strings.ToUpper(a), strings.ToUpper(b))
+	fmt.Fprintln(w, "which cancels a difference in the underlay between the two labs. CPU RATIO: CPU/GB of the first over the second (lower is cheaper).")
 	return nil
 }
 

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tulle-net/tulle/internal/udppeers"
 )
 
 func TestNames(t *testing.T) {
@@ -103,7 +105,8 @@ func TestOptionsValidate(t *testing.T) {
 	}{
 		{"defaults", func(*Options) {}, ""},
 		{"host-gw", func(o *Options) { o.Backend = "host-gw" }, ""},
-		{"bad backend", func(o *Options) { o.Backend = "udp" }, `backend "udp"`},
+		{"udp", func(o *Options) { o.Backend = "udp" }, ""},
+		{"bad backend", func(o *Options) { o.Backend = "ipip" }, `backend "ipip": use one of vxlan, host-gw, udp`},
 		{"long name", func(o *Options) { o.Name = "abcdefg" }, `name "abcdefg"`},
 		{"dash in name", func(o *Options) { o.Name = "a-b" }, `name "a-b"`},
 		{"upper name", func(o *Options) { o.Name = "Tl" }, `name "Tl"`},
@@ -138,7 +141,7 @@ func TestOptionsValidate(t *testing.T) {
 }
 
 func TestNetworkConfig(t *testing.T) {
-	for _, b := range []string{"vxlan", "host-gw"} {
+	for _, b := range []string{"vxlan", "host-gw", "udp"} {
 		n, err := networkConfig(b, 26)
 		if err != nil || n.Backend.Type != b || n.SubnetLen != 26 {
 			t.Errorf("networkConfig(%s) = %+v, %v", b, n, err)
@@ -267,12 +270,100 @@ func TestPingTracker(t *testing.T) {
 	if tr.onReply(3, tr.payload, t0) {
 		t.Error("reply to an unsent seq counted")
 	}
-	r := tr.snapshot()
+	r := tr.snapshot(10 * time.Millisecond)
 	if r.Sent != 2 || r.Received != 1 || r.Lost() != 1 || r.RTTs[0] != time.Millisecond {
 		t.Errorf("result = %+v", r)
 	}
 	if tr.outstanding() != 1 {
 		t.Errorf("outstanding = %d", tr.outstanding())
+	}
+}
+
+// TestPingOutages: unanswered requests are grouped into runs of
+// consecutive sequence numbers, also across the 16-bit wrap, and the
+// longest run is the outage a restart caused.
+func TestPingOutages(t *testing.T) {
+	tr := newPingTracker(56)
+	t0 := time.Unix(100, 0)
+	const iv = 10 * time.Millisecond
+	seq := uint16(65530)
+	var answered []uint16
+	for i := range 30 {
+		at := t0.Add(time.Duration(i) * iv)
+		tr.onSend(seq, at)
+		// Lost: i = 2 (1 request), i = 4..12 (9, across the wrap), i = 29.
+		if !(i == 2 || (i >= 4 && i <= 12) || i == 29) {
+			answered = append(answered, seq)
+		}
+		seq++
+	}
+	for _, s := range answered {
+		tr.onReply(s, tr.payload, t0.Add(time.Second))
+	}
+	r := tr.snapshot(iv)
+	if r.Lost() != 11 || len(r.Outages) != 3 {
+		t.Fatalf("lost %d in %d outages %+v; want 11 in 3", r.Lost(), len(r.Outages), r.Outages)
+	}
+	m := r.MaxOutage()
+	if m.Lost != 9 || m.Span != 90*time.Millisecond || !m.First.Equal(t0.Add(4*iv)) {
+		t.Errorf("max outage %+v; want 9 requests, 90ms, from the 5th", m)
+	}
+	if (PingResult{}).MaxOutage().Lost != 0 {
+		t.Error("no outage without losses expected")
+	}
+}
+
+// TestMissingUDPPeers: a udp lab has converged when every node's
+// udp-peers.json lists every other node's subnet.
+func TestMissingUDPPeers(t *testing.T) {
+	dir := t.TempDir()
+	st := State{Name: "ud", Backend: "udp"}
+	for i := 1; i <= 3; i++ {
+		st.Nodes = append(st.Nodes, NodeState{Name: nodeName(i), Dir: filepath.Join(dir, nodeName(i)),
+			IP: nodeIP(i), Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)})
+	}
+	write := func(i int, peers ...int) {
+		f := udppeers.File{Engine: udppeers.Engine{TUN: "tulle-udp", MTU: 1464, Listen: netip.AddrPortFrom(nodeIP(i), 8285),
+			NetworkID: 1, Local: st.Nodes[i-1].Subnet, Cluster: netip.MustParsePrefix(DefaultNetwork)}}
+		for _, p := range peers {
+			f.Peers = append(f.Peers, udppeers.Peer{Subnet: st.Nodes[p-1].Subnet, PublicIP: nodeIP(p), Port: 8285})
+		}
+		if err := udppeers.Write(filepath.Join(st.Nodes[i-1].Dir, udppeers.FileName), f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1, 2, 3)
+	write(2, 1)
+	got := missingUDPPeers(st, nil)
+	want := []string{"node2's udp engine does not know node3's 10.244.3.0/24", "node3 has no udp peers yet"}
+	if len(got) != 2 || got[0] != want[0] || !strings.HasPrefix(got[1], want[1]) {
+		t.Fatalf("missing %q, want %q", got, want)
+	}
+	write(2, 1, 3)
+	write(3, 2, 1)
+	if got := missingUDPPeers(st, nil); len(got) != 0 {
+		t.Fatalf("converged lab reports %q", got)
+	}
+	if n := udpPeerCount(st.Nodes[2]); n != 2 {
+		t.Errorf("udpPeerCount = %d, want 2", n)
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	in := `# HELP tulle_udp_drops_total Packets dropped.
+# TYPE tulle_udp_drops_total counter
+tulle_udp_drops_total{reason="unknown_sender"} 3
+tulle_udp_peers 2
+go_gc_duration_seconds{quantile="0.5"} 1.5e-05
+garbage
+bad_value x
+`
+	m, err := parseMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[`tulle_udp_drops_total{reason="unknown_sender"}`] != 3 || m["tulle_udp_peers"] != 2 || m[`go_gc_duration_seconds{quantile="0.5"}`] != 1.5e-05 || len(m) != 3 {
+		t.Errorf("parsed %v", m)
 	}
 }
 
@@ -446,6 +537,59 @@ func TestWriteBench(t *testing.T) {
 	}
 	if strings.Index(out, "veth") > strings.Index(out, "wire") {
 		t.Errorf("veth rows not first:\n%s", out)
+	}
+	if strings.Contains(out, "udp against vxlan") {
+		t.Errorf("udp comparison without udp results:\n%s", out)
+	}
+}
+
+// TestCompareBackends: udp is set against vxlan of the same profile, with
+// the ratio of the container medians, the ratio of the RATIO columns and
+// the CPU cost, and WriteBench prints it under the table.
+func TestCompareBackends(t *testing.T) {
+	runs := func(cpu time.Duration, bps ...float64) []Run {
+		rs := make([]Run, len(bps))
+		for i, b := range bps {
+			rs[i] = Run{BPS: b, Bytes: 1e9, CPU: cpu}
+		}
+		return rs
+	}
+	res := []BenchResult{
+		{Backend: "vxlan", Profile: "wire",
+			TCP1: Throughput{Streams: 1, Underlay: runs(time.Second, 10e9), Container: runs(2*time.Second, 6e9)},
+			TCP4: Throughput{Streams: 4, Underlay: runs(time.Second, 10e9), Container: runs(2*time.Second, 8e9)}},
+		{Backend: "udp", Profile: "veth", // no vxlan on veth: not compared
+			TCP1: Throughput{Streams: 1, Underlay: runs(time.Second, 10e9), Container: runs(time.Second, 1e9)}},
+		{Backend: "udp", Profile: "wire",
+			TCP1: Throughput{Streams: 1, Underlay: runs(time.Second, 8e9), Container: runs(3*time.Second, 3.6e9)},
+			TCP4: Throughput{Streams: 4, Underlay: runs(time.Second, 10e9), Container: runs(4*time.Second, 4e9)}},
+	}
+	cs := CompareBackends(res, "udp", "vxlan")
+	if len(cs) != 2 {
+		t.Fatalf("%d comparisons, want 2 (wire, 1 and 4 streams): %+v", len(cs), cs)
+	}
+	c := cs[0]
+	// 1 stream: 3.6 / 6 = 0.60; ratios 0.45 / 0.60 = 0.75; CPU 3 s/GB vs 2.
+	if c.Profile != "wire" || c.Streams != 1 || math.Abs(c.Ratio-0.6) > 1e-9 || math.Abs(c.NormRatio-0.75) > 1e-9 || c.ACPU != 3 || c.BCPU != 2 {
+		t.Errorf("1 stream: %+v", c)
+	}
+	if cs[1].Streams != 4 || math.Abs(cs[1].Ratio-0.5) > 1e-9 {
+		t.Errorf("4 streams: %+v", cs[1])
+	}
+	var b bytes.Buffer
+	if err := WriteBench(&b, BenchOptions{}, res); err != nil {
+		t.Fatal(err)
+	}
+	flat := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{
+		"udp against vxlan",
+		"PROFILE MEASURE VXLAN UDP UDP/VXLAN NORMALISED CPU/GB VXLAN CPU/GB UDP CPU RATIO",
+		"wire TCP 1 stream 6.00 Gbit/s 3.60 Gbit/s 0.60 0.75 2.00s 3.00s 1.50x",
+		"wire TCP 4 streams 8.00 Gbit/s 4.00 Gbit/s 0.50",
+	} {
+		if !strings.Contains(flat, want) {
+			t.Errorf("bench output lacks %q:\n%s", want, b.String())
+		}
 	}
 }
 

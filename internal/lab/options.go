@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/tulle-net/tulle/internal/config"
@@ -57,7 +59,7 @@ type Options struct {
 	Nodes int
 	// Containers is the number of containers per node (optional, default 0).
 	Containers int
-	// Backend is "vxlan" or "host-gw" (optional, default vxlan).
+	// Backend is "vxlan", "host-gw" or "udp" (optional, default vxlan).
 	Backend string
 	// SubnetLen is the node subnet length in the cluster network
 	// 10.244.0.0/16 (optional, default 24; longer leaves room for more
@@ -137,8 +139,8 @@ func (o Options) validate() error {
 		return fmt.Errorf("%w: nodes %d: must be between 1 and %d", ErrInvalid, o.Nodes, maxNodes)
 	case o.Containers < 0 || o.Containers > maxContainers:
 		return fmt.Errorf("%w: containers %d: must be between 0 and %d", ErrInvalid, o.Containers, maxContainers)
-	case o.Backend != config.BackendVXLAN && o.Backend != config.BackendHostGW:
-		return fmt.Errorf("%w: backend %q: use %s or %s", ErrInvalid, o.Backend, config.BackendVXLAN, config.BackendHostGW)
+	case !slices.Contains(config.Backends(), o.Backend):
+		return fmt.Errorf("%w: backend %q: use one of %s", ErrInvalid, o.Backend, strings.Join(config.Backends(), ", "))
 	case o.Resync < minResync:
 		return fmt.Errorf("%w: resync %s: must be at least %s", ErrInvalid, o.Resync, minResync)
 	case o.Timeout <= 0:

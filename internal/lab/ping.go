@@ -40,6 +40,31 @@ type PingResult struct {
 	Received int
 	// RTTs of the replies, in arrival order.
 	RTTs []time.Duration
+	// Outages are the runs of consecutive requests that got no reply, in
+	// order: how long traffic stopped, e.g. while an agent restarted.
+	Outages []Outage
+}
+
+// Outage is a run of consecutive echo requests without a reply.
+type Outage struct {
+	// First is when the first unanswered request of the run was sent.
+	First time.Time
+	// Lost is the number of requests in the run.
+	Lost int
+	// Span is how long traffic was lost: Lost times the interval, i.e.
+	// from the first unanswered request to the next one answered.
+	Span time.Duration
+}
+
+// MaxOutage is the longest outage, zero if every request was answered.
+func (r PingResult) MaxOutage() Outage {
+	var m Outage
+	for _, o := range r.Outages {
+		if o.Lost > m.Lost {
+			m = o
+		}
+	}
+	return m
 }
 
 // Lost is the number of requests without a reply.
@@ -104,10 +129,37 @@ func (t *pingTracker) outstanding() int {
 	return len(t.sent)
 }
 
-func (t *pingTracker) snapshot() PingResult {
+// snapshot returns the counts so far; requests still outstanding count as
+// lost and are grouped into outages of consecutive sequence numbers.
+func (t *pingTracker) snapshot(interval time.Duration) PingResult {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := t.result
 	r.RTTs = slices.Clone(r.RTTs)
+	r.Outages = outages(t.sent, interval)
 	return r
+}
+
+// outages groups unanswered requests (sequence -> send time) into runs of
+// consecutive sequence numbers (modulo 2^16), in sending order.
+func outages(lost map[uint16]time.Time, interval time.Duration) []Outage {
+	type req struct {
+		seq uint16
+		at  time.Time
+	}
+	reqs := make([]req, 0, len(lost))
+	for s, at := range lost {
+		reqs = append(reqs, req{s, at})
+	}
+	slices.SortFunc(reqs, func(a, b req) int { return a.at.Compare(b.at) })
+	var out []Outage
+	for i, q := range reqs {
+		if i > 0 && q.seq == reqs[i-1].seq+1 {
+			out[len(out)-1].Lost++
+			out[len(out)-1].Span += interval
+			continue
+		}
+		out = append(out, Outage{First: q.at, Lost: 1, Span: interval})
+	}
+	return out
 }

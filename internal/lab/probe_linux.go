@@ -64,7 +64,7 @@ func ping(ctx context.Context, ns string, dst netip.Addr, opts PingOptions) (Pin
 	}
 	_ = conn.SetReadDeadline(time.Now())
 	recvErr := <-recvDone
-	res := tr.snapshot()
+	res := tr.snapshot(opts.Interval)
 	if sendErr != nil {
 		return res, fmt.Errorf("ping %s from netns %s: %w", dst, ns, sendErr)
 	}

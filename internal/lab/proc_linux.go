@@ -116,8 +116,26 @@ func (ps *procs) alive(p *Proc) bool {
 	}
 	if st.State == 'Z' {
 		ps.reap(p.PID)
+		// While a non-leader thread of a multi-threaded process execs
+		// ('tulle etcd' handing over to tulle-etcd), the kernel shows the
+		// leader as a zombie with an empty command line until the exec
+		// completes; the exec'ing thread is still listed under task/. A
+		// process that really exited has no thread left but the zombie
+		// leader.
+		if st.StartTime == p.StartTime && threads(p.PID) > 1 {
+			return true
+		}
 	}
 	return sameProcess(p, st, parseCmdline(cmdline))
+}
+
+// threads is the number of threads /proc lists for pid (0 if gone).
+func threads(pid int) int {
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return 0
+	}
+	return len(ents)
 }
 
 // signal sends sig to the recorded process if it is still the one we

@@ -45,3 +45,41 @@ func TestReapNeverBlocksOnALiveChild(t *testing.T) {
 		t.Fatalf("exit recorded as %q", how)
 	}
 }
+
+// TestAliveZombie: a process that exited and was not reaped (state Z, no
+// thread left but the leader) is not alive, even though its start time
+// still matches; the exec'ing-leader exception needs a second thread.
+func TestAliveZombie(t *testing.T) {
+	cmd := exec.Command("sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	st, err := readProcStat(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proc{PID: pid, StartTime: st.StartTime, Args: []string{"sleep", "30"}}
+	var ps procs // not its parent's bookkeeping: reap leaves it alone
+	if !ps.alive(p) {
+		t.Fatal("running process reported dead")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := readProcStat(pid)
+		if err == nil && st.State == 'Z' {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d never became a zombie: %+v %v", pid, st, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if ps.alive(p) {
+		t.Fatalf("zombie pid %d (%d threads) reported alive", pid, threads(pid))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/tulle-net/tulle/internal/config"
 	"github.com/tulle-net/tulle/internal/lease"
 	"github.com/tulle-net/tulle/internal/plan"
+	"github.com/tulle-net/tulle/internal/udppeers"
 )
 
 // ScaleOptions configure Scale.
@@ -31,6 +33,10 @@ type ScaleOptions struct {
 	Peers int
 	// ColdNodes is the size of the cold-start lab (optional, default 10).
 	ColdNodes int
+	// Backend is "vxlan" (default) or "udp". With udp a node's entries are
+	// the peers in its engine (udp-peers.json) plus its one cluster route,
+	// and the device deleted is the TUN device.
+	Backend string
 	// TulleBin, CNIBin, StateRoot, Timeout as in Options.
 	TulleBin, CNIBin, StateRoot string
 	Timeout                     time.Duration
@@ -39,12 +45,13 @@ type ScaleOptions struct {
 // ScaleResult holds what Scale measured, each against the same figure of
 // Flannel measured in the same kind of lab (see docs/benchmarks.md).
 type ScaleResult struct {
+	Backend       string
 	ColdNodes     int
 	ColdConverged time.Duration // agents started -> every node routes to every peer
 	Peers         int
 	Absorb        time.Duration // Peers leases written -> all entries on a running node
 	FromEmpty     time.Duration // fresh agent, Peers leases exist -> all its entries
-	DeviceRestore time.Duration // VXLAN device deleted -> back with all entries
+	DeviceRestore time.Duration // VXLAN (udp: TUN) device deleted -> back with all entries
 	RouteRestore  time.Duration // one route deleted -> back
 	ResyncChanges float64       // kernel changes made by resyncs at steady state
 	Resyncs       float64       // resyncs observed for ResyncChanges
@@ -68,13 +75,19 @@ func Scale(ctx context.Context, o ScaleOptions, w io.Writer) (ScaleResult, error
 	if o.ColdNodes <= 0 {
 		o.ColdNodes = 10
 	}
+	if o.Backend == "" {
+		o.Backend = config.BackendVXLAN
+	}
 	if o.Peers > 4000 {
 		return ScaleResult{}, fmt.Errorf("%w: peers %d: at most 4000", ErrInvalid, o.Peers)
 	}
-	res := ScaleResult{ColdNodes: o.ColdNodes, Peers: o.Peers}
-	base := Options{TulleBin: o.TulleBin, CNIBin: o.CNIBin, StateRoot: o.StateRoot, Timeout: o.Timeout, Backend: "vxlan"}
+	if o.Backend != config.BackendVXLAN && o.Backend != config.BackendUDP {
+		return ScaleResult{}, fmt.Errorf("%w: backend %q: scale measures %s or %s", ErrInvalid, o.Backend, config.BackendVXLAN, config.BackendUDP)
+	}
+	res := ScaleResult{Backend: o.Backend, ColdNodes: o.ColdNodes, Peers: o.Peers}
+	base := Options{TulleBin: o.TulleBin, CNIBin: o.CNIBin, StateRoot: o.StateRoot, Timeout: o.Timeout, Backend: o.Backend}
 
-	fmt.Fprintf(w, "cold start: %d-node vxlan lab...\n", o.ColdNodes)
+	fmt.Fprintf(w, "cold start: %d-node %s lab...\n", o.ColdNodes, o.Backend)
 	cold := base
 	cold.Name, cold.Nodes = o.Name+"c", o.ColdNodes
 	l, err := Up(ctx, cold)
@@ -126,7 +139,7 @@ func (l *Lab) measureScale(ctx context.Context, res *ScaleResult) error {
 	if err := l.StopAgent(ctx, n2.Name, syscall.SIGTERM); err != nil {
 		return err
 	}
-	if err := deleteVXLAN(h2); err != nil {
+	if err := l.wipeNode(h2, n2); err != nil {
 		return fmt.Errorf("empty %s: %w", n2.Name, err)
 	}
 
@@ -140,7 +153,7 @@ func (l *Lab) measureScale(ctx context.Context, res *ScaleResult) error {
 	if err := injectLeases(ctx, cli, l.st.Name, res.Peers, n1.Subnet, n2.Subnet); err != nil {
 		return err
 	}
-	if err := waitEntries(ctx, h1, want, timeout); err != nil {
+	if err := l.waitEntries(ctx, h1, n1, want, timeout); err != nil {
 		return fmt.Errorf("%s absorbing %d leases: %w", n1.Name, res.Peers, err)
 	}
 	res.Absorb = time.Since(start)
@@ -149,7 +162,7 @@ func (l *Lab) measureScale(ctx context.Context, res *ScaleResult) error {
 	if err := l.StartAgent(ctx, n2.Name); err != nil {
 		return err
 	}
-	if err := waitEntries(ctx, h2, want, timeout); err != nil {
+	if err := l.waitEntries(ctx, h2, n2, want, timeout); err != nil {
 		return fmt.Errorf("fresh %s facing %d leases: %w", n2.Name, res.Peers, err)
 	}
 	res.FromEmpty = time.Since(start)
@@ -172,11 +185,12 @@ func (l *Lab) measureScale(ctx context.Context, res *ScaleResult) error {
 	res.ResyncChanges, res.Resyncs = c1-c0, r1-r0
 
 	start = time.Now()
-	if err := deleteVXLAN(h1); err != nil {
+	dev, err := l.deleteDevice(h1)
+	if err != nil {
 		return err
 	}
-	if err := waitEntries(ctx, h1, want, timeout); err != nil {
-		return fmt.Errorf("restore deleted VXLAN device on %s: %w", n1.Name, err)
+	if err := l.waitEntries(ctx, h1, n1, want, timeout); err != nil {
+		return fmt.Errorf("restore deleted device %s on %s: %w", dev, n1.Name, err)
 	}
 	res.DeviceRestore = time.Since(start)
 
@@ -188,7 +202,7 @@ func (l *Lab) measureScale(ctx context.Context, res *ScaleResult) error {
 	if err := h1.RouteDel(&routes[len(routes)/2]); err != nil {
 		return fmt.Errorf("delete route %s on %s: %w", routes[len(routes)/2].Dst, n1.Name, err)
 	}
-	if err := waitEntries(ctx, h1, want, timeout); err != nil {
+	if err := l.waitEntries(ctx, h1, n1, want, timeout); err != nil {
 		return fmt.Errorf("restore deleted route on %s: %w", n1.Name, err)
 	}
 	res.RouteRestore = time.Since(start)
@@ -224,7 +238,12 @@ func injectLeases(ctx context.Context, cli *clientv3.Client, cluster string, n i
 			Node:        node,
 			PublicIP:    netip.AddrFrom4([4]byte{10, 251, byte(i / 250), byte(i%250 + 1)}),
 			BackendType: cfg.Backend.Type,
-			BackendData: lease.BackendData{VtepMAC: plan.VTEPMAC(cluster, node).String()},
+		}
+		switch cfg.Backend.Type {
+		case config.BackendVXLAN:
+			a.BackendData.VtepMAC = plan.VTEPMAC(cluster, node).String()
+		case config.BackendUDP:
+			a.BackendData.Port = cfg.Backend.Port
 		}
 		ops = append(ops, clientv3.OpPut("/tulle/"+cluster+"/leases/"+lease.SubnetKey(p), string(a.Encode()), clientv3.WithLease(grant.ID)))
 		i++
@@ -243,14 +262,28 @@ func injectLeases(ctx context.Context, cli *clientv3.Client, cluster string, n i
 	return ferr
 }
 
-// waitEntries polls until the namespace has want tulle routes, and (for
-// vxlan) want permanent neighbours and FDB entries on the VXLAN device.
-func waitEntries(ctx context.Context, h *netlink.Handle, want int, timeout time.Duration) error {
+// waitEntries polls until node n has want peer entries: for vxlan, want
+// tulle routes, permanent neighbours and FDB entries on the VXLAN device;
+// for udp, its cluster route into the TUN device and want peers in its
+// engine (udp-peers.json).
+func (l *Lab) waitEntries(ctx context.Context, h *netlink.Handle, n NodeState, want int, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var r, nb, f int
 	for {
-		r, nb, f = countEntries(h)
+		if l.st.Backend == config.BackendUDP {
+			ok, _ := hasUDPRoute(h)
+			peers := udpPeerCount(n)
+			if ok && peers == want {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: cluster route into %s %t, %d udp peers, want %d", ctx.Err(), plan.TUNName, ok, peers, want)
+			case <-time.After(2 * time.Millisecond):
+			}
+			continue
+		}
+		r, nb, f := countEntries(h)
 		if r == want && nb == want && f == want {
 			return nil
 		}
@@ -283,18 +316,40 @@ func countEntries(h *netlink.Handle) (routes, neighs, fdb int) {
 	return len(rs), neighs, fdb
 }
 
+// wipeNode leaves a stopped node without tulle's peer state, as on a new
+// machine: no VXLAN (udp: TUN) device, so none of its entries or routes,
+// and for udp no saved peers.
+func (l *Lab) wipeNode(h *netlink.Handle, n NodeState) error {
+	if _, err := l.deleteDevice(h); err != nil {
+		return err
+	}
+	if l.st.Backend == config.BackendUDP {
+		return udppeers.Remove(filepath.Join(n.Dir, udppeers.FileName))
+	}
+	return nil
+}
+
+// deleteDevice deletes the backend's device (ip link del tulle.1, or
+// tulle-udp) and returns its name.
+func (l *Lab) deleteDevice(h *netlink.Handle) (string, error) {
+	name := plan.VXLANPrefix + "1"
+	if l.st.Backend == config.BackendUDP {
+		name = plan.TUNName
+	}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		return name, fmt.Errorf("find %s: %w", name, err)
+	}
+	if err := h.LinkDel(link); err != nil {
+		return name, fmt.Errorf("delete %s: %w", name, err)
+	}
+	return name, nil
+}
+
 func ownRoutes(h *netlink.Handle) ([]netlink.Route, error) {
 	return h.RouteListFiltered(netlink.FAMILY_V4,
 		&netlink.Route{Protocol: plan.RouteProtocol, Table: syscall.RT_TABLE_MAIN},
 		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-}
-
-func deleteVXLAN(h *netlink.Handle) error {
-	link, err := h.LinkByName(plan.VXLANPrefix + "1")
-	if err != nil {
-		return fmt.Errorf("find %s1: %w", plan.VXLANPrefix, err)
-	}
-	return h.LinkDel(link) // ip link del tulle.1
 }
 
 // reconcileCounters reads tulle_reconcile_changes_total and the number of
@@ -353,6 +408,9 @@ func rssKB(pid int) (int, error) {
 // WriteScale prints the results beside Flannel's figures from the same
 // kind of lab (flanneld v0.28.9, etcd 3.4, this machine; flannel-study.md).
 func WriteScale(w io.Writer, r ScaleResult) error {
+	if r.Backend != "" && r.Backend != config.BackendVXLAN {
+		fmt.Fprintf(w, "backend %s\n", r.Backend)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.3f s", d.Seconds()) }
 	fmt.Fprintln(tw, "measure\ttulle\tflannel\tgoal")
@@ -361,7 +419,11 @@ func WriteScale(w io.Writer, r ScaleResult) error {
 	fmt.Fprintf(tw, "%d new leases absorbed\t%s\t0.59-0.85 s\t\n", r.Peers, ms(r.Absorb))
 	fmt.Fprintf(tw, "kernel changes by %0.f steady-state resyncs\t%.0f\tn/a (no resync)\t0\n", r.Resyncs, r.ResyncChanges)
 	fmt.Fprintf(tw, "agent RSS idle / %d peers\t%.1f / %.1f MB\t40 / 45 MB\t< 30 MB\n", r.Peers, float64(r.RSSIdleKB)/1024, float64(r.RSSPeersKB)/1024)
-	fmt.Fprintf(tw, "VXLAN device deleted: back with all %d entries\t%s\tnever (recreated empty)\t< 1 resync\n", r.Peers+1, ms(r.DeviceRestore))
+	if r.Backend == config.BackendUDP {
+		fmt.Fprintf(tw, "TUN device deleted: engine reopened, route back\t%s\tn/a\t< 1 resync\n", ms(r.DeviceRestore))
+	} else {
+		fmt.Fprintf(tw, "VXLAN device deleted: back with all %d entries\t%s\tnever (recreated empty)\t< 1 resync\n", r.Peers+1, ms(r.DeviceRestore))
+	}
 	fmt.Fprintf(tw, "route deleted by hand: restored\t%s\tnever\t< 1 resync\n", ms(r.RouteRestore))
 	return tw.Flush()
 }

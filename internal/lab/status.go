@@ -32,7 +32,8 @@ type NodeStatus struct {
 	// Ready is the agent's /readyz answer.
 	Ready bool
 	// Routes counts tulle routes (protocol 197) in the node: one per peer
-	// once converged.
+	// once converged. With udp (one cluster route into the TUN device) it
+	// counts the peers in the engine's table while that route exists.
 	Routes     int
 	Containers []ContainerState
 }

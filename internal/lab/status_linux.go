@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/tulle-net/tulle/internal/config"
 	"github.com/tulle-net/tulle/internal/plan"
 )
 
@@ -33,6 +34,13 @@ func (l *Lab) Status(ctx context.Context) Status {
 				&netlink.Route{Protocol: plan.RouteProtocol, Table: syscall.RT_TABLE_MAIN},
 				netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 			ns.Routes = len(routes)
+			if st.Backend == config.BackendUDP {
+				// One cluster route; the peers are in the engine.
+				ns.Routes = 0
+				if ok, _ := hasUDPRoute(h); ok {
+					ns.Routes = udpPeerCount(n)
+				}
+			}
 			h.Close()
 		}
 		s.Nodes = append(s.Nodes, ns)
