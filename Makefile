@@ -5,7 +5,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps demo demo-host-gw test test-unit test-kernel test-e2e bench lint clean
+.PHONY: all build deps demo demo-host-gw demo-udp test test-unit test-kernel test-e2e bench lint clean
 
 all: build
 
@@ -21,6 +21,9 @@ demo: deps build
 
 demo-host-gw: deps build
 	$(BIN)/tulle demo --backend host-gw
+
+demo-udp: deps build
+	$(BIN)/tulle demo --backend udp
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt wants to rewrite:"; echo "$$out"; exit 1; fi
