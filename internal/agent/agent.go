@@ -297,6 +297,11 @@ func (a *Agent) loop(ctx context.Context, dp *dataplane.Dataplane, snaps <-chan 
 	defer tick.Stop()
 	var have bool
 	var lastWarn []string
+	// A failed reconcile (a transient netlink error, the udp engine not
+	// open yet) is retried with a backoff rather than left to the next
+	// resync.
+	var retry <-chan time.Time
+	var failures int
 	for {
 		reason := ""
 		select {
@@ -310,15 +315,21 @@ func (a *Agent) loop(ctx context.Context, dp *dataplane.Dataplane, snaps <-chan 
 			reason = "resync"
 		case <-a.trigger:
 			reason = "kernel change"
+		case <-retry:
+			reason = "retry"
 		}
 		if !have {
 			continue
 		}
 		st, err := a.reconcile(ctx, dp, in, reason)
 		if err != nil {
-			a.log.Error("reconcile failed", logkey.Reason, reason, logkey.Err, err)
+			failures++
+			wait := retryBackoff(failures, a.o.Resync)
+			a.log.Error("reconcile failed", logkey.Reason, reason, logkey.Err, err, "retry in", wait)
+			retry = time.After(wait)
 			continue
 		}
+		failures, retry = 0, nil
 		if !slices.Equal(st.Warnings, lastWarn) {
 			for _, w := range st.Warnings {
 				a.log.Warn("plan: " + w)
@@ -394,4 +405,14 @@ func (a *Agent) kick() {
 	case a.trigger <- struct{}{}:
 	default:
 	}
+}
+
+// retryBackoff is the wait before retrying after the n-th failed reconcile
+// in a row: 100 ms doubling, at most max.
+func retryBackoff(n int, max time.Duration) time.Duration {
+	d := 100 * time.Millisecond
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
 }

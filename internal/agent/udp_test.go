@@ -409,3 +409,17 @@ func TestUDPMetrics(t *testing.T) {
 		t.Fatalf("metrics:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
+
+func TestRetryBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		want time.Duration
+	}{
+		{1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {4, 800 * time.Millisecond},
+		{9, 25600 * time.Millisecond}, {10, 30 * time.Second}, {1000, 30 * time.Second},
+	} {
+		if got := retryBackoff(tc.n, 30*time.Second); got != tc.want {
+			t.Errorf("retryBackoff(%d) = %s, want %s", tc.n, got, tc.want)
+		}
+	}
+}
