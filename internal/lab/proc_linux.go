@@ -60,7 +60,7 @@ func (ps *procs) start(ns string, args []string, logPath string) (*Proc, error) 
 		// Z may also be a leader whose other thread is exec'ing; only an
 		// exit that reap collected counts.
 		if ps.reap(pid); ps.exited(pid) {
-			err = errors.New("exited at once")
+			err = fmt.Errorf("exited at once; end of %s:\n%s", logPath, logTail(logPath, 15))
 		}
 	}
 	if err != nil {
