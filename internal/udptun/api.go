@@ -101,10 +101,11 @@ const (
 	DropMalformed                       // inner packet not IPv4 or truncated
 	DropSendError                       // socket or TUN write failed
 	DropNotLocal                        // decapsulated packet not for Local (a peer's routing is wrong)
+	DropIncomplete                      // super-packet given up: a chunk lost or out of order (counted once per super-packet)
 	NumDropReasons
 )
 
-var dropNames = [NumDropReasons]string{"unknown_sender", "bad_header", "wrong_network", "no_route", "ttl_exceeded", "too_big", "malformed", "send_error", "not_local"}
+var dropNames = [NumDropReasons]string{"unknown_sender", "bad_header", "wrong_network", "no_route", "ttl_exceeded", "too_big", "malformed", "send_error", "not_local", "incomplete"}
 
 func (r DropReason) String() string {
 	if r < 0 || r >= NumDropReasons {

@@ -10,7 +10,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -18,15 +17,25 @@ import (
 var ErrClosed = errors.New("udptun: engine closed")
 
 // Buffer layout. Every packet buffer keeps tunOffset bytes of headroom in
-// front of the inner IPv4 packet: on the way out the tulle header is written
-// into the last HeaderLen bytes of it, so encapsulation is done in place; on
-// the way in the TUN writer puts its 10-byte virtio_net_hdr there.
+// front of the inner IPv4 packet: the TUN device reads its 10-byte
+// virtio_net_hdr into the last vnetHdrLen bytes of it; on the way out the
+// tulle header is then written over the last HeaderLen bytes, so
+// encapsulation is done in place; on the way in the virtio_net_hdr for the
+// TUN write goes there.
 const (
 	tunOffset   = 16
 	maxPacket   = 65535
 	bufSize     = tunOffset + maxPacket
 	rxBatchMsgs = 32 // datagrams per recvmmsg (each up to 64 KiB with UDP GRO)
 	txOutBatch  = 128
+	// txReadBatch is how many packets one TUN read may return (the native
+	// device returns one: a TSO super-packet is one packet now).
+	txReadBatch = 64
+	// txIovs is how many iovecs one sendmmsg batch may use: a chunk takes
+	// two (its header, its part of the super-packet).
+	txIovs = 1024
+	// txChunkHdrs is how many chunk headers one batch may hold.
+	txChunkHdrs = txIovs / 2
 	// maxGSOBytes caps one UDP GSO send (the UDP length field is 16 bits).
 	maxGSOBytes = 65000
 )
@@ -38,18 +47,24 @@ const (
 	icmpBurst  = 50
 )
 
-// tunDevice is the TUN side of the engine: wireguard-go's tun.Device
-// contract plus deadlines. Read fills bufs[i][offset:] with one packet each
-// (a TSO super-packet arrives already split) and sets sizes[i]. Write sends
-// bufs[i][offset:] as one packet each; it may use the offset bytes before
-// each packet (>= 10) for a virtio_net_hdr and the capacity after it to
-// coalesce packets (GRO), and it may change the slice headers in bufs.
-// Read and Write may be called concurrently with each other; Write must be
-// safe for concurrent use (the TX pipeline writes ICMP errors).
+// tunDevice is the TUN side of the engine, a device opened with
+// IFF_VNET_HDR and TCP segmentation offload (TUN_F_CSUM|TUN_F_TSO4|6).
+//
+// ReadRaw fills bufs[i] with one packet each, preceded by its 10-byte
+// virtio_net_hdr, sets sizes[i] (header included) and returns how many; it
+// blocks until at least one is there. A TSO super-packet arrives whole.
+// WriteRaw writes buf, one packet preceded by its virtio_net_hdr, as is
+// (for super-packets: the kernel segments it or passes it on whole).
+// Write sends bufs[i][offset:] as one whole packet each; it may use the
+// offset bytes before each packet (>= 10) for a virtio_net_hdr and the
+// capacity after it to coalesce packets (GRO), and it may change the slice
+// headers in bufs.
+// ReadRaw may be called concurrently with the writes; Write and WriteRaw
+// must be safe for concurrent use (the TX pipeline writes ICMP errors).
 type tunDevice interface {
-	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	ReadRaw(bufs [][]byte, sizes []int) (int, error)
+	WriteRaw(buf []byte) (int, error)
 	Write(bufs [][]byte, offset int) (int, error)
-	BatchSize() int
 	SetDeadline(t time.Time) error
 	Close() error
 }
@@ -81,21 +96,25 @@ type rxMsg struct {
 	trunc bool   // the datagram did not fit in buf
 }
 
-// txMsg is one send: with a single segment, one datagram; with more, a UDP
-// GSO send that the kernel (or NIC) cuts into len(segs) datagrams of gso
-// bytes each (the last may be shorter). segs are sent without copying them
-// together (one iovec each).
+// txMsg is one send: with a single datagram, one datagram; with more, a
+// UDP GSO send that the kernel (or NIC) cuts into dgrams datagrams of gso
+// bytes each (the last may be shorter). segs are the pieces, sent without
+// copying them together (one iovec each): one per datagram for whole
+// packets, two (header, data) for super-packet chunks.
 type txMsg struct {
 	segs   [][]byte
 	dst    uint32 // host order
 	port   uint16
 	gso    int
+	dgrams int
 	failed bool
 
 	start  int  // index of segs[0] in the pipeline's segment array
-	closed bool // a short segment ended the message
+	closed bool // a short datagram ended the message
 	bytes  int  // UDP payload bytes
-	inner  int  // inner packet bytes (for Stats)
+	pkts   int  // inner packets (TSO segments for super-packets), for Stats
+	inner  int  // inner packet bytes, for Stats
+	super  int  // super-packets whose last chunk is in this message
 }
 
 // counters are one pipeline's share of the Stats. Each pipeline owns its
@@ -107,6 +126,7 @@ type counters struct {
 	drops       [NumDropReasons]atomic.Uint64
 	icmpSent    atomic.Uint64
 	icmpLimited atomic.Uint64
+	superPkts   atomic.Uint64 // TSO super-packets tunnelled whole
 	_           [64]byte
 }
 
@@ -116,6 +136,7 @@ type batchCounters struct {
 	drops       [NumDropReasons]uint64
 	icmpSent    uint64
 	icmpLimited uint64
+	superPkts   uint64
 }
 
 func (c *counters) add(b *batchCounters) {
@@ -133,6 +154,9 @@ func (c *counters) add(b *batchCounters) {
 	}
 	if b.icmpLimited != 0 {
 		c.icmpLimited.Add(b.icmpLimited)
+	}
+	if b.superPkts != 0 {
+		c.superPkts.Add(b.superPkts)
 	}
 	*b = batchCounters{}
 }
@@ -293,10 +317,19 @@ func isStop(err error) bool {
 // txPipe moves packets TUN -> UDP. All its state is owned by its goroutine.
 type txPipe struct {
 	e     *engine
-	bufs  [][]byte
+	bufs  [][]byte // full buffers; packet i's IPv4 header is at bufs[i][tunOffset]
+	rbufs [][]byte // the same from the virtio_net_hdr on: what ReadRaw fills
 	sizes []int
-	msgs  []txMsg
-	segs  [][]byte
+
+	// the send batch under construction: messages, their pieces, and the
+	// chunk headers the pieces point into. All fixed capacity; a full
+	// batch is sent before more is added.
+	msgs    []txMsg
+	segs    [][]byte
+	hdrs    []byte
+	hdrUsed int
+	maxSegs int
+	spID    uint32 // id of the last super-packet sent
 
 	icmpBuf   []byte
 	icmpBatch [][]byte
@@ -311,13 +344,15 @@ type txPipe struct {
 }
 
 func newTxPipe(e *engine) *txPipe {
-	n := max(e.tun.BatchSize(), 1)
+	n := txReadBatch
 	p := &txPipe{
 		e:         e,
 		bufs:      make([][]byte, n),
+		rbufs:     make([][]byte, n),
 		sizes:     make([]int, n),
-		msgs:      make([]txMsg, 0, n),
-		segs:      make([][]byte, 0, n),
+		msgs:      make([]txMsg, 0, txOutBatch),
+		segs:      make([][]byte, 0, txIovs),
+		hdrs:      make([]byte, txChunkHdrs*firstChunkHdrLen),
 		icmpBuf:   make([]byte, tunOffset+icmpMaxLen),
 		icmpBatch: make([][]byte, 1),
 		lim:       rateLimiter{interval: int64(time.Second) / icmpPerSec, burst: icmpBurst * int64(time.Second) / icmpPerSec},
@@ -325,13 +360,14 @@ func newTxPipe(e *engine) *txPipe {
 	slab := make([]byte, n*bufSize)
 	for i := range p.bufs {
 		p.bufs[i] = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
+		p.rbufs[i] = p.bufs[i][tunOffset-vnetHdrLen:]
 	}
 	return p
 }
 
 func (p *txPipe) loop(stopping *atomic.Bool) error {
 	for {
-		n, err := p.e.tun.Read(p.bufs, p.sizes, tunOffset)
+		n, err := p.e.tun.ReadRaw(p.rbufs, p.sizes)
 		if n > 0 {
 			p.process(n)
 		}
@@ -339,93 +375,187 @@ func (p *txPipe) loop(stopping *atomic.Bool) error {
 			if stopping.Load() || p.e.closed.Load() {
 				return nil
 			}
-			var errno syscall.Errno
-			if isStop(err) || errors.As(err, &errno) {
-				return fmt.Errorf("read %s: %w", "tun", err)
-			}
-			// A super-packet the splitter could not handle (bad virtio
-			// header, too many segments): drop it and go on.
-			p.c.drops[DropMalformed]++
-			p.e.tx.add(&p.c)
+			return fmt.Errorf("read %s: %w", "tun", err)
 		}
 	}
 }
 
 // process encapsulates and sends the n packets in p.bufs.
 func (p *txPipe) process(n int) {
-	e := p.e
-	tbl := e.table.Load()
+	tbl := p.e.table.Load()
 	if tbl != p.cacheTbl {
 		p.cacheTbl, p.cacheIdx = tbl, -2
 	}
-	maxSegs := e.conn.MaxSegments()
-	msgs, segs := p.msgs[:0], p.segs[:0]
-	cur := -1
+	p.maxSegs = p.e.conn.MaxSegments()
 	for i := 0; i < n; i++ {
-		pkt := p.bufs[i][tunOffset : tunOffset+p.sizes[i]]
-		tl, ok := checkIPv4(pkt)
-		if !ok {
-			p.c.drops[DropMalformed]++
-			continue
-		}
-		pkt = pkt[:tl]
-		dst := ipv4Dst(pkt)
-		idx := p.cacheIdx
-		if dst != p.cacheDst || idx == -2 {
-			idx = tbl.lookup(dst)
-			p.cacheDst, p.cacheIdx = dst, idx
-		}
-		if idx < 0 {
-			p.icmp(pkt, icmpDestUnreach, codeNetUnreach, 0)
-			p.c.drops[DropNoRoute]++
-			continue
-		}
-		if pkt[8] <= 1 {
-			p.icmp(pkt, icmpTimeExceeded, codeTTLInTransit, 0)
-			p.c.drops[DropTTLExceeded]++
-			continue
-		}
-		if tl > e.mtu && pkt[6]&0x40 != 0 { // DF
-			p.icmp(pkt, icmpDestUnreach, codeFragNeeded, uint16(e.mtu))
-			p.c.drops[DropTooBig]++
-			continue
-		}
-		decTTL(pkt)
-		seg := p.bufs[i][tunOffset-HeaderLen : tunOffset+tl]
-		putHeader(seg, e.netID)
-		peer := &tbl.peers[idx]
-
-		if cur >= 0 {
-			m := &msgs[cur]
-			if m.dst == peer.ip && m.port == peer.port && !m.closed && len(m.segs) < maxSegs &&
-				len(seg) <= m.gso && m.bytes+len(seg) <= maxGSOBytes {
-				segs = append(segs, seg)
-				m.segs = segs[m.start:]
-				m.bytes += len(seg)
-				m.inner += tl
-				m.closed = len(seg) < m.gso
-				continue
-			}
-		}
-		segs = append(segs, seg)
-		msgs = append(msgs, txMsg{segs: segs[len(segs)-1:], dst: peer.ip, port: peer.port, gso: len(seg),
-			start: len(segs) - 1, bytes: len(seg), inner: tl})
-		cur = len(msgs) - 1
+		p.packet(tbl, p.bufs[i], p.sizes[i])
 	}
-	if len(msgs) > 0 {
-		err := e.conn.WriteBatch(msgs)
-		for i := range msgs {
-			m := &msgs[i]
-			if m.failed || err != nil {
-				p.c.drops[DropSendError] += uint64(len(m.segs))
-				continue
-			}
-			p.c.pkts += uint64(len(m.segs))
-			p.c.bytes += uint64(m.inner)
-		}
-		clear(msgs) // drop references to packet buffers
-	}
+	p.send()
 	p.e.tx.add(&p.c)
+}
+
+// packet checks, routes and queues one packet read from the TUN device:
+// buf[tunOffset-vnetHdrLen:] holds size bytes, virtio_net_hdr first.
+func (p *txPipe) packet(tbl *routeTable, buf []byte, size int) {
+	e := p.e
+	if size < vnetHdrLen+ipv4MinHeader {
+		p.c.drops[DropMalformed]++
+		return
+	}
+	var v vnetHdr
+	v.decode(buf[tunOffset-vnetHdrLen:])
+	pkt := buf[tunOffset : tunOffset-vnetHdrLen+size]
+	tl, ok := checkIPv4(pkt)
+	if !ok {
+		p.c.drops[DropMalformed]++
+		return
+	}
+	pkt = pkt[:tl]
+	// A super-packet counts as the segments it stands for.
+	segs, hdrLen, segLen := 1, 0, tl
+	if v.gsoType != vnetGSONone {
+		if v.gsoType == vnetGSOTCPv4 && v.flags&vnetFlagNeedsCsum == 0 && pkt[9] == ipProtoTCP {
+			// A GSO packet with a complete (or validated) checksum:
+			// make it partial, as the kernel would, so that the
+			// receiving kernel computes every segment's checksum.
+			ihl := int(pkt[0]&0x0f) * 4
+			if len(pkt) >= ihl+20 {
+				tcpPseudoSum(pkt, ihl)
+				v.flags, v.csumStart, v.csumOffset = vnetFlagNeedsCsum, uint16(ihl), tcpCsumOffset
+			}
+		}
+		if hdrLen, segs, ok = validateTSO(pkt, &v); !ok {
+			p.c.drops[DropMalformed]++
+			return
+		}
+		segLen = hdrLen + int(v.gsoSize)
+	} else if v.flags&vnetFlagNeedsCsum != 0 && !finishChecksum(pkt, v.csumStart, v.csumOffset) {
+		p.c.drops[DropMalformed]++
+		return
+	}
+	dst := ipv4Dst(pkt)
+	idx := p.cacheIdx
+	if dst != p.cacheDst || idx == -2 {
+		idx = tbl.lookup(dst)
+		p.cacheDst, p.cacheIdx = dst, idx
+	}
+	if idx < 0 {
+		p.icmp(pkt, icmpDestUnreach, codeNetUnreach, 0)
+		p.c.drops[DropNoRoute] += uint64(segs)
+		return
+	}
+	if pkt[8] <= 1 {
+		p.icmp(pkt, icmpTimeExceeded, codeTTLInTransit, 0)
+		p.c.drops[DropTTLExceeded] += uint64(segs)
+		return
+	}
+	if segLen > e.mtu && pkt[6]&0x40 != 0 { // DF
+		p.icmp(pkt, icmpDestUnreach, codeFragNeeded, uint16(e.mtu))
+		p.c.drops[DropTooBig] += uint64(segs)
+		return
+	}
+	// For a super-packet this is the template header the receiving
+	// kernel copies into every segment (fixing length, id and checksum).
+	decTTL(pkt)
+	peer := &tbl.peers[idx]
+	if v.gsoType == vnetGSONone {
+		seg := buf[tunOffset-HeaderLen : tunOffset+tl]
+		putHeader(seg, e.netID)
+		if !p.room(1, 0) {
+			p.send()
+		}
+		p.datagram(peer, len(seg), seg, nil, 1, tl)
+		return
+	}
+	p.chunks(pkt, &v, peer, segs, tl+(segs-1)*hdrLen)
+}
+
+// chunks queues the super-packet pkt as chunk datagrams of exactly
+// mtu+HeaderLen bytes (the last one shorter), which the GSO grouping in
+// datagram turns into one or two UDP GSO sends. pkts and inner are the
+// segments and bytes it stands for (Stats), credited with the last chunk.
+func (p *txPipe) chunks(pkt []byte, v *vnetHdr, peer *peerEntry, pkts, inner int) {
+	size := p.e.mtu + HeaderLen
+	total := len(pkt)
+	p.spID++
+	for off := 0; off < total; {
+		hl := chunkHdrLen
+		if off == 0 {
+			hl = firstChunkHdrLen
+		}
+		n := min(size-hl, total-off)
+		if !p.room(2, hl) {
+			p.send()
+		}
+		h := p.hdrs[p.hdrUsed : p.hdrUsed+hl : p.hdrUsed+hl]
+		p.hdrUsed += hl
+		putChunkHeader(h, p.e.netID, p.spID, off, total, v)
+		off += n
+		if off < total {
+			p.datagram(peer, hl+n, h, pkt[off-n:off], 0, 0)
+		} else {
+			p.datagram(peer, hl+n, h, pkt[off-n:off], pkts, inner)
+			p.msgs[len(p.msgs)-1].super++
+		}
+	}
+}
+
+// room reports whether the batch can take a datagram of iovs pieces and
+// hdr bytes of chunk header (and, possibly, a new message).
+func (p *txPipe) room(iovs, hdr int) bool {
+	return len(p.msgs) < cap(p.msgs) && len(p.segs)+iovs <= cap(p.segs) && p.hdrUsed+hdr <= len(p.hdrs)
+}
+
+// datagram adds a datagram of size bytes, made of a and (if not nil) b, to
+// the batch: to the last message if it goes to the same peer and fits its
+// GSO run (at most gso bytes, and a short datagram ends a run), else to a
+// new message. The caller checked room.
+func (p *txPipe) datagram(peer *peerEntry, size int, a, b []byte, pkts, inner int) {
+	if cur := len(p.msgs) - 1; cur >= 0 {
+		m := &p.msgs[cur]
+		if m.dst == peer.ip && m.port == peer.port && !m.closed && m.dgrams < p.maxSegs &&
+			size <= m.gso && m.bytes+size <= maxGSOBytes {
+			p.segs = append(p.segs, a)
+			if b != nil {
+				p.segs = append(p.segs, b)
+			}
+			m.segs = p.segs[m.start:]
+			m.dgrams++
+			m.bytes += size
+			m.pkts += pkts
+			m.inner += inner
+			m.closed = size < m.gso
+			return
+		}
+	}
+	start := len(p.segs)
+	p.segs = append(p.segs, a)
+	if b != nil {
+		p.segs = append(p.segs, b)
+	}
+	p.msgs = append(p.msgs, txMsg{segs: p.segs[start:], dst: peer.ip, port: peer.port, gso: size, dgrams: 1,
+		start: start, bytes: size, pkts: pkts, inner: inner})
+}
+
+// send writes the batch and counts the result.
+func (p *txPipe) send() {
+	if len(p.msgs) == 0 {
+		return
+	}
+	err := p.e.conn.WriteBatch(p.msgs)
+	for i := range p.msgs {
+		m := &p.msgs[i]
+		if m.failed || err != nil {
+			p.c.drops[DropSendError] += uint64(max(m.pkts, 1))
+			continue
+		}
+		p.c.pkts += uint64(m.pkts)
+		p.c.bytes += uint64(m.inner)
+		p.c.superPkts += uint64(m.super)
+	}
+	clear(p.msgs) // drop references to packet buffers
+	clear(p.segs)
+	p.msgs, p.segs, p.hdrUsed = p.msgs[:0], p.segs[:0], 0
 }
 
 // icmp writes an ICMP error about pkt back into the TUN device, from
@@ -453,12 +583,16 @@ type rxPipe struct {
 	msgs  []rxMsg
 	out   [][]byte // full-capacity output buffers
 	batch [][]byte // this flush's packets: out[i][:tunOffset+len]
+	reasm *reassembler
+	ch    chunk
+	now   int64 // ns since e.epoch, once per batch (reassembly timeout)
 	c     batchCounters
 	errs  int // consecutive socket errors
 }
 
 func newRxPipe(e *engine) *rxPipe {
-	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, txOutBatch), batch: make([][]byte, 0, txOutBatch)}
+	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, txOutBatch), batch: make([][]byte, 0, txOutBatch),
+		reasm: newReassembler()}
 	slab := make([]byte, rxBatchMsgs*maxPacket)
 	for i := range p.msgs {
 		p.msgs[i].buf = slab[i*maxPacket : (i+1)*maxPacket : (i+1)*maxPacket]
@@ -498,6 +632,7 @@ func (p *rxPipe) loop(stopping *atomic.Bool) error {
 
 func (p *rxPipe) process(n int) {
 	tbl := p.e.table.Load()
+	p.now = int64(time.Since(p.e.epoch))
 	for i := 0; i < n; i++ {
 		p.datagram(tbl, &p.msgs[i])
 	}
@@ -506,7 +641,8 @@ func (p *rxPipe) process(n int) {
 }
 
 // datagram checks and decapsulates one received message (one or, with GRO,
-// several datagrams from one sender) into p.batch.
+// several datagrams from one sender) into p.batch, or, for super-packet
+// chunks, into the reassembler.
 func (p *rxPipe) datagram(tbl *routeTable, m *rxMsg) {
 	e := p.e
 	data := m.buf[:m.n]
@@ -524,6 +660,10 @@ func (p *rxPipe) datagram(tbl *routeTable, m *rxMsg) {
 	}
 	for off := 0; off < len(data); off += seg {
 		d := data[off:min(off+seg, len(data))]
+		if isChunk(d) {
+			p.chunk(m.src, d)
+			continue
+		}
 		if r := checkHeader(d, e.netID); r != dropNone {
 			p.c.drops[r]++
 			continue
@@ -548,6 +688,61 @@ func (p *rxPipe) datagram(tbl *routeTable, m *rxMsg) {
 		p.c.pkts++
 		p.c.bytes += uint64(tl)
 	}
+}
+
+// chunk files one super-packet chunk from src and writes the super-packet
+// out when it is complete.
+func (p *rxPipe) chunk(src uint32, d []byte) {
+	if r := parseChunk(d, p.e.netID, &p.ch); r != dropNone {
+		p.c.drops[r]++
+		return
+	}
+	s, lost := p.reasm.add(src, &p.ch, p.now)
+	p.c.drops[DropIncomplete] += lost
+	if s != nil {
+		p.superPacket(s)
+		p.reasm.release(s)
+	}
+}
+
+// superPacket checks a reassembled super-packet like any other inner packet
+// (IPv4, for Local), validates the virtio_net_hdr fields its sender gave
+// (validateTSO; a segment must fit an IPv4 packet), and writes it into the
+// TUN device as one GSO packet with a partial checksum.
+//
+// Segments larger than our MTU are not dropped here: a peer with a larger
+// underlay MTU may send them, and the kernel's forwarding path answers a
+// too-big DF segment with ICMP fragmentation needed (ip_exceeds_mtu), so
+// the sender learns the path MTU instead of seeing a black hole.
+func (p *rxPipe) superPacket(s *reasmSlot) {
+	e := p.e
+	pkt := s.packet()
+	if tl, ok := checkIPv4(pkt); !ok || tl != len(pkt) {
+		p.c.drops[DropMalformed]++
+		return
+	}
+	hdrLen, segs, ok := validateTSO(pkt, &s.v)
+	if !ok || hdrLen+int(s.v.gsoSize) > maxPacket {
+		p.c.drops[DropMalformed]++
+		return
+	}
+	if ipv4Dst(pkt)&e.localMask != e.localIP {
+		p.c.drops[DropNotLocal] += uint64(segs)
+		return
+	}
+	// Whole packets that arrived before it go first: TCP takes
+	// reordering as a hint of loss.
+	p.flush()
+	v := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: vnetGSOTCPv4, hdrLen: uint16(hdrLen),
+		gsoSize: s.v.gsoSize, csumStart: s.v.csumStart, csumOffset: s.v.csumOffset}
+	v.encode(s.buf[tunOffset-vnetHdrLen:])
+	if _, err := e.tun.WriteRaw(s.buf[tunOffset-vnetHdrLen : tunOffset+len(pkt)]); err != nil {
+		p.c.drops[DropSendError] += uint64(segs)
+		return
+	}
+	p.c.pkts += uint64(segs)
+	p.c.bytes += uint64(len(pkt) + (segs-1)*hdrLen)
+	p.c.superPkts++
 }
 
 func (p *rxPipe) flush() {

@@ -6,12 +6,15 @@ import (
 	"time"
 )
 
-// chanTUN is an in-memory TUN device: packets sent on in are read by the
-// engine (one per Read); packets the engine writes arrive on out.
+// chanTUN is an in-memory TUN device: packets sent on in (whole packets)
+// or inRaw (virtio_net_hdr first) are read by the engine (one per Read);
+// whole packets the engine writes arrive on out, raw writes (virtio_net_hdr
+// first) on raw.
 type chanTUN struct {
 	in        chan []byte
+	inRaw     chan []byte
 	out       chan []byte
-	batch     int
+	raw       chan []byte
 	mu        sync.Mutex
 	deadline  chan struct{} // closed when a past deadline is set
 	closeOnce sync.Once
@@ -19,18 +22,21 @@ type chanTUN struct {
 }
 
 func newChanTUN() *chanTUN {
-	return &chanTUN{in: make(chan []byte, 64), out: make(chan []byte, 64), batch: 8, deadline: make(chan struct{}), closed: make(chan struct{})}
+	return &chanTUN{in: make(chan []byte, 64), inRaw: make(chan []byte, 64), out: make(chan []byte, 64), raw: make(chan []byte, 64),
+		deadline: make(chan struct{}), closed: make(chan struct{})}
 }
 
-func (t *chanTUN) BatchSize() int { return t.batch }
-
-func (t *chanTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+func (t *chanTUN) ReadRaw(bufs [][]byte, sizes []int) (int, error) {
 	t.mu.Lock()
 	dl := t.deadline
 	t.mu.Unlock()
 	select {
 	case p := <-t.in:
-		sizes[0] = copy(bufs[0][offset:], p)
+		clear(bufs[0][:vnetHdrLen])
+		sizes[0] = vnetHdrLen + copy(bufs[0][vnetHdrLen:], p)
+		return 1, nil
+	case p := <-t.inRaw:
+		sizes[0] = copy(bufs[0], p)
 		return 1, nil
 	case <-dl:
 		return 0, os.ErrDeadlineExceeded
@@ -46,6 +52,11 @@ func (t *chanTUN) Write(bufs [][]byte, offset int) (int, error) {
 		n += len(b) - offset
 	}
 	return n, nil
+}
+
+func (t *chanTUN) WriteRaw(b []byte) (int, error) {
+	t.raw <- append([]byte(nil), b...)
+	return len(b), nil
 }
 
 func (t *chanTUN) SetDeadline(d time.Time) error {
@@ -111,7 +122,7 @@ func (c *chanConn) WriteBatch(msgs []txMsg) error {
 			b = append(b, s...)
 		}
 		gso := 0
-		if len(m.segs) > 1 {
+		if m.dgrams > 1 {
 			gso = m.gso
 		}
 		if peer := c.net[m.dst]; peer != nil {
@@ -141,18 +152,28 @@ func (c *chanConn) SetDeadline(d time.Time) error {
 func (c *chanConn) Close() error { c.closeOnce.Do(func() { close(c.closed) }); return nil }
 
 // loopTUN serves the same prebuilt batch on every Read and discards
-// writes: for benchmarks of the per-packet path.
+// writes: for benchmarks of the per-packet path. pkts are whole packets
+// (read with a zero virtio_net_hdr), or with raw set, virtio_net_hdr first.
 type loopTUN struct {
 	pkts    [][]byte
+	raw     bool
 	written int
 }
 
-func (t *loopTUN) BatchSize() int { return 128 }
-func (t *loopTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+func (t *loopTUN) ReadRaw(bufs [][]byte, sizes []int) (int, error) {
 	for i, p := range t.pkts {
-		sizes[i] = copy(bufs[i][offset:], p)
+		if t.raw {
+			sizes[i] = copy(bufs[i], p)
+			continue
+		}
+		clear(bufs[i][:vnetHdrLen])
+		sizes[i] = vnetHdrLen + copy(bufs[i][vnetHdrLen:], p)
 	}
 	return len(t.pkts), nil
+}
+func (t *loopTUN) WriteRaw(b []byte) (int, error) {
+	t.written += len(b) - vnetHdrLen
+	return len(b), nil
 }
 func (t *loopTUN) Write(bufs [][]byte, offset int) (int, error) {
 	for _, b := range bufs {
@@ -180,7 +201,7 @@ func (c *loopConn) ReadBatch(msgs []rxMsg) (int, error) {
 }
 func (c *loopConn) WriteBatch(msgs []txMsg) error {
 	for i := range msgs {
-		c.sent += len(msgs[i].segs)
+		c.sent += msgs[i].dgrams
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ import (
 )
 
 const (
-	testTUN   = "ut1t"
+	testTUN   = "uq1t"
 	testNetID = 0x00c0ffee
 )
 
@@ -201,7 +201,7 @@ func waitStat(t *testing.T, what string, get func() uint64, min uint64) {
 
 func TestKernelPingAndTCP(t *testing.T) {
 	t.Parallel()
-	a, b := twoNodes(t, "ut1", 1500-udptun.Overhead)
+	a, b := twoNodes(t, "uq1", 1500-udptun.Overhead)
 	c := icmpConn(t, a.ns)
 	ping(t, c, subnetB.Addr(), 56, ipv4.ICMPTypeEchoReply, subnetB.Addr())
 
@@ -300,12 +300,12 @@ func header(netID uint32) []byte {
 
 func TestKernelSpoofAndWrongNetwork(t *testing.T) {
 	t.Parallel()
-	a, b := twoNodes(t, "ut2", 1500-udptun.Overhead)
-	_, nsC := nstest.New(t, "ut2")
+	a, b := twoNodes(t, "uq2", 1500-udptun.Overhead)
+	_, nsC := nstest.New(t, "uq2")
 	pubC := netip.MustParseAddr("192.168.60.2")
 	nstest.Veth(t,
-		nstest.End{NS: b.ns, Name: "ut2c", Addr: netip.MustParsePrefix("192.168.60.1/24")},
-		nstest.End{NS: nsC, Name: "ut2d", Addr: netip.PrefixFrom(pubC, 24)})
+		nstest.End{NS: b.ns, Name: "uq2c", Addr: netip.MustParsePrefix("192.168.60.1/24")},
+		nstest.End{NS: nsC, Name: "uq2d", Addr: netip.PrefixFrom(pubC, 24)})
 	nlC := nstest.Handle(t, nsC)
 	if err := nlC.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: pubB.AsSlice(), Mask: net.CIDRMask(32, 32)}, Gw: net.IPv4(192, 168, 60, 1)}); err != nil {
 		t.Fatal(err)
@@ -338,7 +338,7 @@ func TestKernelICMPErrors(t *testing.T) {
 	t.Parallel()
 	// The TUN MTU is larger than the engine's, so the kernel lets a
 	// too-big DF packet through to the engine, which must answer it.
-	a, _ := twoNodes(t, "ut3", 1500)
+	a, _ := twoNodes(t, "uq3", 1500)
 	c := icmpConn(t, a.ns)
 
 	m := ping(t, c, netip.MustParseAddr("10.244.77.1"), 56, ipv4.ICMPTypeDestinationUnreachable, subnetA.Addr())
@@ -400,7 +400,7 @@ func TestKernelICMPErrors(t *testing.T) {
 
 func TestKernelRestartKeepsDevice(t *testing.T) {
 	t.Parallel()
-	a, b := twoNodes(t, "ut4", 1500-udptun.Overhead)
+	a, b := twoNodes(t, "uq4", 1500-udptun.Overhead)
 	c := icmpConn(t, a.ns)
 	ping(t, c, subnetB.Addr(), 56, ipv4.ICMPTypeEchoReply, subnetB.Addr())
 
@@ -428,19 +428,19 @@ func TestKernelRestartKeepsDevice(t *testing.T) {
 
 func TestKernelOpenErrors(t *testing.T) {
 	t.Parallel()
-	_, h := nstest.New(t, "ut5")
+	_, h := nstest.New(t, "uq5")
 	nl := nstest.Handle(t, h)
-	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ut5x"}, PeerName: "ut5y"}); err != nil {
+	if err := nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uq5x"}, PeerName: "uq5y"}); err != nil {
 		t.Fatal(err)
 	}
 	addr := netip.MustParseAddr("192.168.70.1")
-	if err := nl.AddrAdd(must(nl.LinkByName("ut5x")), &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
+	if err := nl.AddrAdd(must(nl.LinkByName("uq5x")), &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := nl.LinkSetUp(must(nl.LinkByName("ut5x"))); err != nil {
+	if err := nl.LinkSetUp(must(nl.LinkByName("uq5x"))); err != nil {
 		t.Fatal(err)
 	}
-	base := udptun.Config{TUNName: "ut5t", MTU: 1464, Listen: netip.AddrPortFrom(addr, 18285), NetworkID: 1, Local: subnetA, Cluster: cluster}
+	base := udptun.Config{TUNName: "uq5t", MTU: 1464, Listen: netip.AddrPortFrom(addr, 18285), NetworkID: 1, Local: subnetA, Cluster: cluster}
 	open := func(cfg udptun.Config) (*udptun.Engine, error) {
 		var e *udptun.Engine
 		err := netns.Do(h, func() error {
@@ -455,8 +455,8 @@ func TestKernelOpenErrors(t *testing.T) {
 		mod  func(*udptun.Config)
 		want error
 	}{
-		{"name too long", func(c *udptun.Config) { c.TUNName = "ut5-much-too-long" }, nil},
-		{"not a tun", func(c *udptun.Config) { c.TUNName = "ut5x" }, udptun.ErrNotTUN},
+		{"name too long", func(c *udptun.Config) { c.TUNName = "uq5-much-too-long" }, nil},
+		{"not a tun", func(c *udptun.Config) { c.TUNName = "uq5x" }, udptun.ErrNotTUN},
 		{"address not here", func(c *udptun.Config) { c.Listen = netip.MustParseAddrPort("192.168.71.1:18285") }, syscall.EADDRNOTAVAIL},
 	}
 	for _, tc := range cases {
@@ -480,14 +480,14 @@ func TestKernelOpenErrors(t *testing.T) {
 	}
 	defer e1.Close()
 	cfg := base
-	cfg.TUNName = "ut5u"
+	cfg.TUNName = "uq5u"
 	if e2, err := open(cfg); !errors.Is(err, syscall.EADDRINUSE) {
 		if e2 != nil {
 			e2.Close()
 		}
 		t.Errorf("second Open on %v = %v, want EADDRINUSE", base.Listen, err)
 	}
-	if _, err := nl.LinkByName("ut5u"); err == nil {
+	if _, err := nl.LinkByName("uq5u"); err == nil {
 		t.Error("failed Open left a TUN device behind")
 	}
 }

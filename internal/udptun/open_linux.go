@@ -8,7 +8,7 @@ func open(cfg Config) (*Engine, error) {
 	}
 	// The socket first: binding fails more often (address, port) and is
 	// free to undo; a fresh TUN device is undone by dropping persistence.
-	conn, err := listenUDP(cfg.Listen, txOutBatch)
+	conn, err := listenUDP(cfg.Listen, txOutBatch, txIovs)
 	if err != nil {
 		return nil, err
 	}
@@ -25,6 +25,6 @@ func open(cfg Config) (*Engine, error) {
 	}
 	e := newEngine(cfg, dev, conn)
 	e.log.Info("udp data path open", "created", created, "listen", cfg.Listen.String(),
-		"tun_offloads", dev.BatchSize() > 1, "udp_gso", conn.MaxSegments() > 1, "udp_gro", conn.gro)
+		"udp_gso", conn.MaxSegments() > 1, "udp_gro", conn.gro)
 	return &Engine{e: e}, nil
 }

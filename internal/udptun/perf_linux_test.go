@@ -55,9 +55,13 @@ func TestPerfVsVXLAN(t *testing.T) {
 			for _, be := range []string{"udp", "vxlan"} {
 				name := fmt.Sprintf("%s-P%d", be, streams)
 				t.Run(fmt.Sprintf("%s/round%d", name, r), func(t *testing.T) {
-					c1, c2 := perfTopology(t, be)
-					bps := iperf(t, c1, c2, streams, secs)
+					pn := perfTopology(t, be)
+					bps := iperf(t, pn.c1, pn.c2, streams, secs)
 					t.Logf("%s: %.2f Gbit/s", name, bps/1e9)
+					for i, e := range pn.engs {
+						s := e.Stats()
+						t.Logf("  engine %d: out %d pkts in %d pkts, drops %v", i+1, s.PacketsOut, s.PacketsIn, s.Drops)
+					}
 					results[name] = append(results[name], bps)
 				})
 			}
@@ -86,13 +90,25 @@ func gbits(v []float64) []string {
 	return s
 }
 
-// perfTopology builds the picture above for backend be ("udp" or "vxlan")
-// and returns the two container namespaces.
-func perfTopology(t *testing.T, be string) (c1, c2 netns.NsHandle) {
-	_, n1 := nstest.New(t, "ut6")
-	_, n2 := nstest.New(t, "ut6")
-	_, c1 = nstest.New(t, "ut6")
-	_, c2 = nstest.New(t, "ut6")
+// perfNet is the picture above: container and node namespaces and, for
+// udp, the two engines.
+type perfNet struct {
+	c1, c2, n1, n2 netns.NsHandle
+	engs           []*udptun.Engine
+}
+
+// perfTopology builds the picture above for backend be ("udp" or "vxlan").
+func perfTopology(t *testing.T, be string) perfNet {
+	return perfTopologyNS(t, be, "uq6")
+}
+
+// perfTopologyNS is perfTopology with namespaces named prefix-....
+func perfTopologyNS(t *testing.T, be, prefix string) perfNet {
+	_, n1 := nstest.New(t, prefix)
+	_, n2 := nstest.New(t, prefix)
+	_, c1 := nstest.New(t, prefix)
+	_, c2 := nstest.New(t, prefix)
+	var engs []*udptun.Engine
 	nstest.Veth(t, nstest.End{NS: n1, Name: "p1u", Addr: netip.PrefixFrom(pubA, 24)}, nstest.End{NS: n2, Name: "p2u", Addr: netip.PrefixFrom(pubB, 24)})
 	mtu := 1500 - udptun.Overhead
 	if be == "vxlan" {
@@ -126,7 +142,7 @@ func perfTopology(t *testing.T, be string) (c1, c2 netns.NsHandle) {
 		switch be {
 		case "udp":
 			nd := newNode(t, n.node, "p"+id, n.pub, n.local, mtu)
-			_ = nd
+			engs = append(engs, nd.eng)
 			nd.eng.SetPeers([]udptun.Peer{{Subnet: n.peerNet, PublicIP: n.peer}})
 		case "vxlan":
 			// ip link add pNv type vxlan id 1 local PUB remote PEER dstport 8472 dev pNu
@@ -150,7 +166,7 @@ func perfTopology(t *testing.T, be string) (c1, c2 netns.NsHandle) {
 			}
 		}
 	}
-	return c1, c2
+	return perfNet{c1: c1, c2: c2, n1: n1, n2: n2, engs: engs}
 }
 
 // iperf runs iperf3 -s in c2 and iperf3 -c in c1 and returns the received

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -15,14 +16,78 @@ import (
 // not a single-queue TUN device.
 var ErrNotTUN = errors.New("udptun: device exists and is not a tun")
 
-// nativeTUN is wireguard-go's TUN device (virtio_net_hdr offloads: TSO in,
-// GRO out) plus deadlines on its file.
+// nativeTUN is wireguard-go's TUN device, used to create it and for its
+// batched Write (whole packets, coalesced by its GRO), plus raw reads and
+// writes of virtio_net_hdr-prefixed packets on the same file: a TSO
+// super-packet is read whole (wireguard-go's Read would split it and
+// checksum every segment) and written whole. The file is non-blocking and
+// in Go's netpoller, so deadlines and Close wake a blocked read.
 type nativeTUN struct {
 	wgtun.Device
 	file *os.File
+	rc   syscall.RawConn
+
+	// ReadRaw's state; it has one caller (the TX pipeline). The callback
+	// is made once so that a read does not allocate.
+	rbufs  [][]byte
+	rsizes []int
+	rn     int
+	rerr   error
+	readFn func(uintptr) bool
 }
 
 func (t *nativeTUN) SetDeadline(d time.Time) error { return t.file.SetDeadline(d) }
+
+// tunReadBatch is how many packets ReadRaw takes from the device's queue
+// at most: a read(2) returns one packet, so after the first (blocking)
+// one it reads on while the queue holds more, and the TX pipeline sends
+// them all with one sendmmsg.
+const tunReadBatch = 8
+
+// ReadRaw reads up to tunReadBatch packets, blocking until there is one.
+func (t *nativeTUN) ReadRaw(bufs [][]byte, sizes []int) (int, error) {
+	t.rbufs, t.rsizes, t.rn, t.rerr = bufs[:min(len(bufs), tunReadBatch)], sizes, 0, nil
+	err := t.rc.Read(t.readFn)
+	n := t.rn
+	t.rbufs = nil
+	if n > 0 {
+		return n, nil // an error, if any, comes back on the next call
+	}
+	if err == nil {
+		err = t.rerr
+	}
+	if errors.Is(err, unix.EBADFD) {
+		err = os.ErrClosed // the device was deleted
+	}
+	return 0, err
+}
+
+func (t *nativeTUN) doRead(fd uintptr) bool {
+	for t.rn < len(t.rbufs) {
+		n, err := unix.Read(int(fd), t.rbufs[t.rn])
+		switch err {
+		case nil:
+			t.rsizes[t.rn] = n
+			t.rn++
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return t.rn > 0 // wait in the netpoller only for the first
+		default:
+			t.rerr = fmt.Errorf("read: %w", err)
+			return true
+		}
+	}
+	return true
+}
+
+// WriteRaw writes one packet; os.File serialises it with other writers.
+func (t *nativeTUN) WriteRaw(b []byte) (int, error) { return t.file.Write(b) }
+
+// tunOffloads are the offloads we take from the kernel: checksum and TCP
+// segmentation. Not USO (UDP GSO, which wireguard-go enables where the
+// kernel has it): only TCP super-packets are tunnelled whole, so UDP is
+// better segmented by the kernel before it reaches us.
+const tunOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
 
 // openTUN creates the persistent TUN device name, or attaches to it if it
 // exists (ip tuntap add dev NAME mode tun vnet_hdr; the device then
@@ -75,11 +140,38 @@ func openTUN(name string) (dev *nativeTUN, created bool, err error) {
 	}
 	ok = true
 	nt, isNative := d.(*wgtun.NativeTun)
-	if !isNative {
+	if !isNative || d.BatchSize() <= 1 {
 		d.Close()
-		return nil, false, fmt.Errorf("set up tun %s: unexpected device type %T", name, d)
+		return nil, false, fmt.Errorf("set up tun %s: unexpected device type %T or no virtio_net_hdr", name, d)
 	}
-	return &nativeTUN{Device: d, file: nt.File()}, created, nil
+	dev = &nativeTUN{Device: d, file: nt.File()}
+	dev.readFn = dev.doRead
+	dev.rc, err = dev.file.SyscallConn()
+	if err == nil {
+		err = dev.setOffloads()
+	}
+	if err != nil {
+		if created {
+			dev.unpersist()
+		}
+		d.Close()
+		return nil, false, fmt.Errorf("set up tun %s offloads: %w", name, err)
+	}
+	return dev, created, nil
+}
+
+// setOffloads sets tunOffloads (ethtool -K NAME tx-checksumming on tso on
+// tx-udp-segmentation off, from the device's side).
+func (t *nativeTUN) setOffloads() error {
+	sc, err := t.file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := sc.Control(func(fd uintptr) { serr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, tunOffloads) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // unpersist makes a device this process created non-persistent again, so

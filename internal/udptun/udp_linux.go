@@ -61,7 +61,7 @@ var gsoCmsgSpace = unix.CmsgSpace(2)
 
 // listenUDP binds addr in the calling thread's network namespace with
 // large buffers and, where the kernel has them, UDP GSO and GRO.
-func listenUDP(addr netip.AddrPort, batch int) (*udpConn, error) {
+func listenUDP(addr netip.AddrPort, batch, iovs int) (*udpConn, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
@@ -96,7 +96,7 @@ func listenUDP(addr netip.AddrPort, batch int) (*udpConn, error) {
 		c: c, rc: rc,
 		rmsgs: make([]unix.Mmsghdr, rxBatchMsgs), riovs: make([]unix.Iovec, rxBatchMsgs),
 		rnames: make([]unix.RawSockaddrInet4, rxBatchMsgs), rctl: make([]byte, rxBatchMsgs*rctlSize),
-		wmsgs: make([]unix.Mmsghdr, batch), wiovs: make([]unix.Iovec, batch),
+		wmsgs: make([]unix.Mmsghdr, batch), wiovs: make([]unix.Iovec, iovs),
 		wnames: make([]unix.RawSockaddrInet4, batch), wctl: make([]byte, batch*gsoCmsgSpace),
 	}
 	u.readFn, u.writeFn = u.doRead, u.doWrite
@@ -218,7 +218,7 @@ func (u *udpConn) WriteBatch(msgs []txMsg) error {
 		h.Iov = &u.wiovs[first]
 		h.SetIovlen(len(m.segs))
 		h.Control, h.Controllen = nil, 0
-		if len(m.segs) > 1 {
+		if m.dgrams > 1 {
 			ctl := u.wctl[i*gsoCmsgSpace : (i+1)*gsoCmsgSpace]
 			ch := (*unix.Cmsghdr)(unsafe.Pointer(&ctl[0]))
 			ch.Level, ch.Type = unix.IPPROTO_UDP, unix.UDP_SEGMENT
@@ -249,7 +249,7 @@ func (u *udpConn) doWrite(fd uintptr) bool {
 			// the call: mark it and go on with the rest.
 			m := &u.wtx[u.woff]
 			m.failed = true
-			if errno == unix.EIO && len(m.segs) > 1 {
+			if errno == unix.EIO && m.dgrams > 1 {
 				// The egress device cannot checksum-offload GSO
 				// (wireguard-go's errShouldDisableUDPGSO): stop using it.
 				u.gso.Store(false)
