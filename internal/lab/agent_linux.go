@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -36,12 +37,21 @@ func (l *Lab) agentArgs(n *NodeState) []string {
 		"--state-dir", n.Dir,
 		"--health-addr", agentHealthAddr(),
 		"--resync", time.Duration(l.st.Resync).String(),
+		// The nodes share this machine's CPUs: each agent gets its share,
+		// as it would have its own on a host. It matters for the udp
+		// backend, whose data path runs in the agent; with more Go threads
+		// than its share, the scheduler's thread handoffs cost more than
+		// the parallelism gains (docs/benchmarks.md, udp backend).
+		"--max-procs", strconv.Itoa(agentProcs(runtime.NumCPU(), len(l.st.Nodes))),
 	}
 	if l.st.ReleaseOnExit {
 		args = append(args, "--release-on-exit")
 	}
 	return args
 }
+
+// agentProcs is each agent's share of cpus among nodes, at least 1.
+func agentProcs(cpus, nodes int) int { return max(1, cpus/max(1, nodes)) }
 
 func subnetFilePath(n *NodeState) string { return filepath.Join(n.Dir, "subnet.json") }
 

@@ -604,3 +604,13 @@ func (w tWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
 	return len(b), nil
 }
+
+func TestAgentProcs(t *testing.T) {
+	for _, tc := range []struct{ cpus, nodes, want int }{
+		{2, 2, 1}, {2, 3, 1}, {2, 1, 2}, {8, 2, 4}, {8, 3, 2}, {1, 10, 1}, {4, 0, 4},
+	} {
+		if got := agentProcs(tc.cpus, tc.nodes); got != tc.want {
+			t.Errorf("agentProcs(%d cpus, %d nodes) = %d, want %d", tc.cpus, tc.nodes, got, tc.want)
+		}
+	}
+}
