@@ -28,9 +28,15 @@ const (
 	bufSize     = tunOffset + maxPacket
 	rxBatchMsgs = 32 // datagrams per recvmmsg (each up to 64 KiB with UDP GRO)
 	txOutBatch  = 128
-	// txReadBatch is how many packets one TUN read may return (the native
-	// device returns one: a TSO super-packet is one packet now).
-	txReadBatch = 64
+	// rxOutBatch is how many decapsulated packets the RX pipeline collects
+	// for one coalescing TUN write; each buffer can grow to a 64 KiB GRO
+	// super-packet. TCP bursts bypass it (written whole), so this is the
+	// path of other traffic, and 64 keeps the engine's buffers (live heap,
+	// which with GOGC=50 also sets how much garbage may pile up) small.
+	rxOutBatch = 64
+	// txReadBatch is how many packets one TUN read may return: the native
+	// device reads at most tunReadBatch per wake-up.
+	txReadBatch = 16
 	// txIovs is how many iovecs one sendmmsg batch may use: a chunk takes
 	// two (its header, its part of the super-packet).
 	txIovs = 1024
@@ -591,14 +597,14 @@ type rxPipe struct {
 }
 
 func newRxPipe(e *engine) *rxPipe {
-	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, txOutBatch), batch: make([][]byte, 0, txOutBatch),
+	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, rxOutBatch), batch: make([][]byte, 0, rxOutBatch),
 		reasm: newReassembler()}
 	slab := make([]byte, rxBatchMsgs*maxPacket)
 	for i := range p.msgs {
 		p.msgs[i].buf = slab[i*maxPacket : (i+1)*maxPacket : (i+1)*maxPacket]
 	}
 	// Each output buffer can grow to a 64 KiB GRO super-packet in place.
-	out := make([]byte, txOutBatch*bufSize)
+	out := make([]byte, rxOutBatch*bufSize)
 	for i := range p.out {
 		p.out[i] = out[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
 	}
