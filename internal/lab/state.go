@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/tulle-net/tulle/internal/atomicfile"
 )
 
 // ErrNotFound is wrapped when no lab of the given name exists.
@@ -139,14 +141,8 @@ func writeState(st *State) error {
 	if err != nil {
 		return fmt.Errorf("encode lab state %s: %w", st.Name, err)
 	}
-	path := statePath(st.Dir)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write lab state %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write lab state %s: %w", path, err)
+	if err := atomicfile.Write(statePath(st.Dir), append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("lab state: %w", err)
 	}
 	return nil
 }

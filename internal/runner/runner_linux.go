@@ -20,6 +20,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"golang.org/x/sys/unix"
+
+	"github.com/tulle-net/tulle/internal/atomicfile"
 )
 
 // Options configure a Runner.
@@ -181,7 +183,7 @@ func (r *Runner) Run(ctx context.Context, c Config, stdio Stdio) (_ *State, err 
 	if err := r.store.Save(st); err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "config.json"), specJSON, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "config.json"), specJSON, 0o600); err != nil {
 		return nil, err
 	}
 	if st.OwnNetns {
@@ -190,7 +192,7 @@ func (r *Runner) Run(ctx context.Context, c Config, stdio Stdio) (_ *State, err 
 		}
 	}
 	if list != nil {
-		if err := writeFileAtomic(st.CNIConf, list.Bytes, 0o600); err != nil {
+		if err := atomicfile.Write(st.CNIConf, list.Bytes, 0o600); err != nil {
 			return nil, err
 		}
 		st.Attached = true // from here on, even a failed ADD gets a DEL

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tulle-net/tulle/internal/atomicfile"
 )
 
 // DefaultStateDir is where containers live unless --state-dir says
@@ -142,32 +144,7 @@ func (s *Store) Save(st *State) error {
 	if err != nil {
 		return fmt.Errorf("encode state of %s: %w", st.Name, err)
 	}
-	return writeFileAtomic(filepath.Join(s.ContainerDir(st.Name), "state.json"), b, 0o600)
-}
-
-// writeFileAtomic replaces path with b: readers see the old or the new
-// content, never a mix.
-func writeFileAtomic(path string, b []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename: ENOENT, ignored
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.Write(filepath.Join(s.ContainerDir(st.Name), "state.json"), b, 0o600)
 }
 
 // Load reads the state of container name.

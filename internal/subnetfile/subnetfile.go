@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/tulle-net/tulle/internal/atomicfile"
 )
 
 // DefaultPath is where the agent writes the file on a host.
@@ -69,27 +71,8 @@ func Write(path string, info Info) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write subnet file %s: %w", path, err)
 	}
-	f, err := os.CreateTemp(dir, ".subnet-*.json")
-	if err != nil {
-		return fmt.Errorf("write subnet file %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp, 0o644)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write subnet file %s: %w", path, werr)
+	if err := atomicfile.Write(path, b, 0o644); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
 	}
 	return nil
 }

@@ -17,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/tulle-net/tulle/internal/atomicfile"
 )
 
 // FileName is the file's name in the agent's state directory.
@@ -86,29 +88,7 @@ func Write(path string, f File) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	tf, err := os.CreateTemp(dir, ".udp-peers-*.json")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := tf.Name()
-	_, werr := tf.Write(b)
-	if werr == nil {
-		werr = tf.Sync()
-	}
-	if cerr := tf.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp, 0o644)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, path)
-	}
-	if werr != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, werr)
-	}
-	return nil
+	return atomicfile.Write(path, b, 0o644)
 }
 
 // Read loads and validates the file at path; ErrMissing if there is none.
