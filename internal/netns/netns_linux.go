@@ -23,26 +23,35 @@ func Create(name string) (NsHandle, error) {
 	if err := ensureRunDir(); err != nil {
 		return None(), fmt.Errorf("create netns %s: %w", name, err)
 	}
-	path := Path(name)
-	// O_EXCL makes concurrent creators of the same name fail cleanly.
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	h, err := CreateAt(Path(name))
 	if err != nil {
 		return None(), fmt.Errorf("create netns %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// CreateAt makes a new network namespace bind-mounted on path, a file it
+// creates (it fails wrapping fs.ErrExist if path exists), and returns an
+// open handle. Create uses it for RunDir/name; tulle run for a namespace in
+// a container's state directory. On failure nothing is left at path.
+func CreateAt(path string) (NsHandle, error) {
+	// O_EXCL makes concurrent creators of the same path fail cleanly.
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return None(), err
 	}
 	f.Close()
 
 	errc := make(chan error, 1)
 	go func() { errc <- mountNew(path) }()
 	if err := <-errc; err != nil {
-		// Best effort: the mount may or may not exist.
-		_ = unix.Unmount(path, unix.MNT_DETACH)
-		_ = os.Remove(path)
-		return None(), fmt.Errorf("create netns %s: %w", name, err)
+		_ = DeleteAt(path) // the mount may or may not exist
+		return None(), err
 	}
 	h, err := vnetns.GetFromPath(path)
 	if err != nil {
-		_ = Delete(name)
-		return None(), fmt.Errorf("open netns %s: %w", name, err)
+		_ = DeleteAt(path)
+		return None(), fmt.Errorf("open netns %s: %w", path, err)
 	}
 	return h, nil
 }
@@ -107,7 +116,12 @@ func Delete(name string) error {
 	if err := validName(name); err != nil {
 		return err
 	}
-	path := Path(name)
+	return DeleteAt(Path(name))
+}
+
+// DeleteAt unmounts and removes a namespace file made by CreateAt; a path
+// that does not exist is not an error.
+func DeleteAt(path string) error {
 	// EINVAL: not a mount point (a half-made namespace); ENOENT: gone.
 	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount netns %s: %w", path, err)

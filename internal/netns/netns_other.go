@@ -10,6 +10,12 @@ import (
 // Create is only supported on Linux.
 func Create(name string) (NsHandle, error) { return None(), errors.ErrUnsupported }
 
+// CreateAt is only supported on Linux.
+func CreateAt(path string) (NsHandle, error) { return None(), errors.ErrUnsupported }
+
+// DeleteAt is only supported on Linux.
+func DeleteAt(path string) error { return errors.ErrUnsupported }
+
 // Delete is only supported on Linux.
 func Delete(name string) error { return errors.ErrUnsupported }
 
