@@ -65,40 +65,14 @@ func TestRestartKill9IsHitless(t *testing.T) {
 	} {
 		t.Run(tc.backend, func(t *testing.T) {
 			l := upLab(t, lab.Options{Name: tc.name, Nodes: 2, Containers: 1, Backend: tc.backend})
-			ctx, cancel := context.WithCancel(context.Background())
-			type result struct {
-				r   lab.PingResult
-				err error
-			}
-			done := make(chan result, 1)
-			go func() {
-				r, err := l.Ping(ctx, "node1/c1", "node2/c1", lab.PingOptions{Interval: 10 * time.Millisecond, Wait: 2 * time.Second})
-				done <- result{r, err}
-			}()
-			time.Sleep(time.Second)
-			for _, node := range []string{"node2", "node1"} {
-				d, err := l.Restart(context.Background(), node, true)
-				if err != nil {
-					cancel()
-					<-done
-					t.Fatalf("restart %s: %v", node, err)
-				}
-				t.Logf("%s: agent killed (SIGKILL), restarted and ready in %s", node, d.Round(time.Millisecond))
-				time.Sleep(500 * time.Millisecond)
-			}
-			time.Sleep(time.Second)
-			cancel()
-			res := <-done
-			if res.err != nil {
-				t.Fatal(res.err)
-			}
+			r := pingAcrossRestarts(t, l, []string{"node2", "node1"}, 500*time.Millisecond, time.Second)
 			t.Logf("ping node1/c1 -> node2/c1 at 100 pps across 2 kill -9 restarts: sent %d, received %d, lost %d, p50 %s, p99 %s",
-				res.r.Sent, res.r.Received, res.r.Lost(), res.r.Percentile(50), res.r.Percentile(99))
-			if res.r.Sent < 200 {
-				t.Errorf("only %d pings sent", res.r.Sent)
+				r.Sent, r.Received, r.Lost(), r.Percentile(50), r.Percentile(99))
+			if r.Sent < 200 {
+				t.Errorf("only %d pings sent", r.Sent)
 			}
-			if res.r.Lost() != 0 {
-				t.Errorf("%d of %d pings lost during the restarts", res.r.Lost(), res.r.Sent)
+			if r.Lost() != 0 {
+				t.Errorf("%d of %d pings lost during the restarts", r.Lost(), r.Sent)
 			}
 		})
 	}

@@ -235,3 +235,40 @@ func processesMentioning(s string) []string {
 	}
 	return out
 }
+
+// pingAcrossRestarts pings node1/c1 -> node2/c1 at 100 pps while each
+// node in restarts has its agent killed with SIGKILL and started again,
+// with settle after each restart and tail after the last, and returns
+// what the ping saw.
+func pingAcrossRestarts(t *testing.T, l *lab.Lab, restarts []string, settle, tail time.Duration) lab.PingResult {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		r   lab.PingResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := l.Ping(ctx, "node1/c1", "node2/c1", lab.PingOptions{Interval: 10 * time.Millisecond, Wait: 2 * time.Second})
+		done <- result{r, err}
+	}()
+	time.Sleep(time.Second)
+	for _, node := range restarts {
+		d, err := l.Restart(context.Background(), node, true)
+		if err != nil {
+			cancel()
+			<-done
+			t.Fatalf("restart %s: %v", node, err)
+		}
+		t.Logf("%s: agent killed (SIGKILL), restarted and ready in %s", node, d.Round(time.Millisecond))
+		time.Sleep(settle)
+	}
+	time.Sleep(tail)
+	cancel()
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	return res.r
+}

@@ -213,52 +213,26 @@ func TestUDPSpoofedDatagramDropped(t *testing.T) {
 func TestUDPRestartGap(t *testing.T) {
 	requireE2E(t)
 	l := upLab(t, lab.Options{Name: "ud4", Nodes: 2, Containers: 1, Backend: "udp"})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	type result struct {
-		r   lab.PingResult
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		r, err := l.Ping(ctx, "node1/c1", "node2/c1", lab.PingOptions{Interval: 10 * time.Millisecond, Wait: 2 * time.Second})
-		done <- result{r, err}
-	}()
-	time.Sleep(time.Second)
 	restarts := []string{"node2", "node1"}
-	for _, node := range restarts {
-		d, err := l.Restart(context.Background(), node, true)
-		if err != nil {
-			cancel()
-			<-done
-			t.Fatalf("restart %s: %v", node, err)
-		}
-		t.Logf("%s: agent killed (SIGKILL), restarted and ready in %s", node, d.Round(time.Millisecond))
-		time.Sleep(time.Second)
-	}
-	cancel()
-	res := <-done
-	if res.err != nil {
-		t.Fatal(res.err)
-	}
+	r := pingAcrossRestarts(t, l, restarts, time.Second, 0)
 	var spans []string
-	for _, o := range res.r.Outages {
+	for _, o := range r.Outages {
 		spans = append(spans, fmt.Sprintf("%d lost = %s at %s", o.Lost, o.Span, o.First.Format("15:04:05.000")))
 	}
-	worst := res.r.MaxOutage()
+	worst := r.MaxOutage()
 	t.Logf("ping node1/c1 -> node2/c1 at 100 pps across %d kill -9 restarts: sent %d, received %d, lost %d; outages: [%s]; worst %s",
-		len(restarts), res.r.Sent, res.r.Received, res.r.Lost(), strings.Join(spans, "; "), worst.Span)
-	if res.r.Sent < 300 {
-		t.Errorf("only %d pings sent", res.r.Sent)
+		len(restarts), r.Sent, r.Received, r.Lost(), strings.Join(spans, "; "), worst.Span)
+	if r.Sent < 300 {
+		t.Errorf("only %d pings sent", r.Sent)
 	}
-	if res.r.Received == 0 {
+	if r.Received == 0 {
 		t.Fatal("no ping answered")
 	}
 	if worst.Span >= time.Second {
 		t.Errorf("traffic stopped for %s in one restart; the goal is < 1 s", worst.Span)
 	}
-	if len(res.r.Outages) > len(restarts) {
-		t.Errorf("%d outages for %d restarts: traffic also broke outside the restarts", len(res.r.Outages), len(restarts))
+	if len(r.Outages) > len(restarts) {
+		t.Errorf("%d outages for %d restarts: traffic also broke outside the restarts", len(r.Outages), len(restarts))
 	}
 	// Each restarted agent forwarded from its saved peers before etcd.
 	for _, n := range l.State().Nodes {
