@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,6 +35,14 @@ type nativeTUN struct {
 	rn     int
 	rerr   error
 	readFn func(uintptr) bool
+
+	// WriteRaw's state, shared by its callers (the RX pipeline's
+	// super-packets and single packets, the TX pipeline's ICMP errors).
+	wmu     sync.Mutex
+	wbuf    []byte
+	wn      int
+	werr    error
+	writeFn func(uintptr) bool
 }
 
 func (t *nativeTUN) SetDeadline(d time.Time) error { return t.file.SetDeadline(d) }
@@ -64,24 +73,76 @@ func (t *nativeTUN) ReadRaw(bufs [][]byte, sizes []int) (int, error) {
 
 func (t *nativeTUN) doRead(fd uintptr) bool {
 	for t.rn < len(t.rbufs) {
-		n, err := unix.Read(int(fd), t.rbufs[t.rn])
-		switch err {
-		case nil:
+		n, errno := rawRead(fd, t.rbufs[t.rn])
+		switch errno {
+		case 0:
 			t.rsizes[t.rn] = n
 			t.rn++
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return t.rn > 0 // wait in the netpoller only for the first
 		default:
-			t.rerr = fmt.Errorf("read: %w", err)
+			t.rerr = fmt.Errorf("read: %w", errno)
 			return true
 		}
 	}
 	return true
 }
 
-// WriteRaw writes one packet; os.File serialises it with other writers.
-func (t *nativeTUN) WriteRaw(b []byte) (int, error) { return t.file.Write(b) }
+// WriteRaw writes one packet, preceded by its virtio_net_hdr. A TUN
+// write does not block (the device queues or drops), so the netpoller wait
+// behind EAGAIN is there only for correctness.
+func (t *nativeTUN) WriteRaw(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	t.wbuf, t.wn, t.werr = b, 0, nil
+	err := t.rc.Write(t.writeFn)
+	t.wbuf = nil
+	if err == nil {
+		err = t.werr
+	}
+	if errors.Is(err, unix.EBADFD) {
+		err = os.ErrClosed // the device was deleted
+	}
+	return t.wn, err
+}
+
+func (t *nativeTUN) doWrite(fd uintptr) bool {
+	for {
+		n, errno := rawWrite(fd, t.wbuf)
+		switch errno {
+		case 0:
+			t.wn = n
+			return true
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			t.werr = fmt.Errorf("write: %w", errno)
+			return true
+		}
+	}
+}
+
+// Write writes whole packets, bufs[i][offset:]. A batch of one cannot be
+// coalesced, so it skips wireguard-go's GRO table and os.File and goes out
+// as one raw write with an empty virtio_net_hdr (what wireguard-go would
+// write too): on the bulk path that is nearly every ACK. Larger batches
+// go through wireguard-go's GRO.
+func (t *nativeTUN) Write(bufs [][]byte, offset int) (int, error) {
+	if len(bufs) != 1 || offset < vnetHdrLen {
+		return t.Device.Write(bufs, offset)
+	}
+	b := bufs[0][offset-vnetHdrLen:]
+	clear(b[:vnetHdrLen])
+	if _, err := t.WriteRaw(b); err != nil {
+		return 0, err
+	}
+	return 1, nil
+}
 
 // tunOffloads are the offloads we take from the kernel: checksum and TCP
 // segmentation. Not USO (UDP GSO, which wireguard-go enables where the
@@ -145,7 +206,7 @@ func openTUN(name string) (dev *nativeTUN, created bool, err error) {
 		return nil, false, fmt.Errorf("set up tun %s: unexpected device type %T or no virtio_net_hdr", name, d)
 	}
 	dev = &nativeTUN{Device: d, file: nt.File()}
-	dev.readFn = dev.doRead
+	dev.readFn, dev.writeFn = dev.doRead, dev.doWrite
 	dev.rc, err = dev.file.SyscallConn()
 	if err == nil {
 		err = dev.setOffloads()

@@ -158,7 +158,7 @@ func (u *udpConn) ReadBatch(msgs []rxMsg) (int, error) {
 
 func (u *udpConn) doRead(fd uintptr) bool {
 	for {
-		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&u.rmsgs[0])), uintptr(u.rn), unix.MSG_DONTWAIT, 0, 0)
+		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&u.rmsgs[0])), uintptr(u.rn), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:
 			u.rn, u.rerr = int(r), nil
@@ -237,7 +237,7 @@ func (u *udpConn) WriteBatch(msgs []txMsg) error {
 
 func (u *udpConn) doWrite(fd uintptr) bool {
 	for u.woff < u.wn {
-		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&u.wmsgs[u.woff])), uintptr(u.wn-u.woff), unix.MSG_DONTWAIT, 0, 0)
+		r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&u.wmsgs[u.woff])), uintptr(u.wn-u.woff), unix.MSG_DONTWAIT, 0, 0)
 		switch errno {
 		case 0:
 			u.woff += int(r)
