@@ -93,9 +93,6 @@ func (t *nativeTUN) doRead(fd uintptr) bool {
 // write does not block (the device queues or drops), so the netpoller wait
 // behind EAGAIN is there only for correctness.
 func (t *nativeTUN) WriteRaw(b []byte) (int, error) {
-	if len(b) == 0 {
-		return 0, nil
-	}
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	t.wbuf, t.wn, t.werr = b, 0, nil
