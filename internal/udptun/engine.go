@@ -59,8 +59,9 @@ const (
 // ReadRaw fills bufs[i] with one packet each, preceded by its 10-byte
 // virtio_net_hdr, sets sizes[i] (header included) and returns how many; it
 // blocks until at least one is there. A TSO super-packet arrives whole.
-// WriteRaw writes buf, one packet preceded by its virtio_net_hdr, as is
-// (for super-packets: the kernel segments it or passes it on whole).
+// WriteRaw writes one packet preceded by its virtio_net_hdr, made of the
+// pieces bufs one after the other (at most reasmMaxPieces+1), as is (for
+// super-packets: the kernel segments it or passes it on whole).
 // Write sends bufs[i][offset:] as one whole packet each; it may use the
 // offset bytes before each packet (>= 10) for a virtio_net_hdr and the
 // capacity after it to coalesce packets (GRO), and it may change the slice
@@ -69,7 +70,7 @@ const (
 // must be safe for concurrent use (the TX pipeline writes ICMP errors).
 type tunDevice interface {
 	ReadRaw(bufs [][]byte, sizes []int) (int, error)
-	WriteRaw(buf []byte) (int, error)
+	WriteRaw(bufs [][]byte) (int, error)
 	Write(bufs [][]byte, offset int) (int, error)
 	SetDeadline(t time.Time) error
 	Close() error
@@ -590,6 +591,7 @@ type rxPipe struct {
 	out   [][]byte // full-capacity output buffers
 	batch [][]byte // this flush's packets: out[i][:tunOffset+len]
 	reasm *reassembler
+	iov   [][]byte // a super-packet's pieces for WriteRaw
 	ch    chunk
 	now   int64 // ns since e.epoch, once per batch (reassembly timeout)
 	c     batchCounters
@@ -598,7 +600,7 @@ type rxPipe struct {
 
 func newRxPipe(e *engine) *rxPipe {
 	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, rxOutBatch), batch: make([][]byte, 0, rxOutBatch),
-		reasm: newReassembler()}
+		reasm: newReassembler(), iov: make([][]byte, 0, reasmMaxPieces+1)}
 	slab := make([]byte, rxBatchMsgs*maxPacket)
 	for i := range p.msgs {
 		p.msgs[i].buf = slab[i*maxPacket : (i+1)*maxPacket : (i+1)*maxPacket]
@@ -642,7 +644,15 @@ func (p *rxPipe) process(n int) {
 	for i := 0; i < n; i++ {
 		p.datagram(tbl, &p.msgs[i])
 	}
+	p.endBatch()
+}
+
+// endBatch writes what the batch left queued, copies the chunks of
+// incomplete super-packets out of the receive buffers (which the next
+// batch reuses) and counts the batch.
+func (p *rxPipe) endBatch() {
 	p.flush()
+	p.reasm.settle()
 	p.e.rx.add(&p.c)
 }
 
@@ -722,17 +732,20 @@ func (p *rxPipe) chunk(src uint32, d []byte) {
 // the sender learns the path MTU instead of seeing a black hole.
 func (p *rxPipe) superPacket(s *reasmSlot) {
 	e := p.e
-	pkt := s.packet()
-	if tl, ok := checkIPv4(pkt); !ok || tl != len(pkt) {
+	if len(s.head()) < min(maxTCPv4Headers, s.total) {
+		s.settle() // tiny chunks: make the headers contiguous
+	}
+	head := s.head()
+	if tl, ok := checkIPv4Len(head, s.total); !ok || tl != s.total {
 		p.c.drops[DropMalformed]++
 		return
 	}
-	hdrLen, segs, ok := validateTSO(pkt, &s.v)
+	hdrLen, segs, ok := validateTSOLen(head, s.total, &s.v)
 	if !ok || hdrLen+int(s.v.gsoSize) > maxPacket {
 		p.c.drops[DropMalformed]++
 		return
 	}
-	if ipv4Dst(pkt)&e.localMask != e.localIP {
+	if ipv4Dst(head)&e.localMask != e.localIP {
 		p.c.drops[DropNotLocal] += uint64(segs)
 		return
 	}
@@ -742,12 +755,15 @@ func (p *rxPipe) superPacket(s *reasmSlot) {
 	v := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: vnetGSOTCPv4, hdrLen: uint16(hdrLen),
 		gsoSize: s.v.gsoSize, csumStart: s.v.csumStart, csumOffset: s.v.csumOffset}
 	v.encode(s.buf[tunOffset-vnetHdrLen:])
-	if _, err := e.tun.WriteRaw(s.buf[tunOffset-vnetHdrLen : tunOffset+len(pkt)]); err != nil {
+	p.iov = s.iovecs(p.iov[:0])
+	_, err := e.tun.WriteRaw(p.iov)
+	clear(p.iov) // drop references to receive buffers
+	if err != nil {
 		p.c.drops[DropSendError] += uint64(segs)
 		return
 	}
 	p.c.pkts += uint64(segs)
-	p.c.bytes += uint64(len(pkt) + (segs-1)*hdrLen)
+	p.c.bytes += uint64(s.total + (segs-1)*hdrLen)
 	p.c.superPkts++
 }
 

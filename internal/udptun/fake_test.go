@@ -1,6 +1,7 @@
 package udptun
 
 import (
+	"bytes"
 	"os"
 	"sync"
 	"time"
@@ -54,8 +55,9 @@ func (t *chanTUN) Write(bufs [][]byte, offset int) (int, error) {
 	return n, nil
 }
 
-func (t *chanTUN) WriteRaw(b []byte) (int, error) {
-	t.raw <- append([]byte(nil), b...)
+func (t *chanTUN) WriteRaw(bufs [][]byte) (int, error) {
+	b := bytes.Join(bufs, nil)
+	t.raw <- b
 	return len(b), nil
 }
 
@@ -171,9 +173,13 @@ func (t *loopTUN) ReadRaw(bufs [][]byte, sizes []int) (int, error) {
 	}
 	return len(t.pkts), nil
 }
-func (t *loopTUN) WriteRaw(b []byte) (int, error) {
-	t.written += len(b) - vnetHdrLen
-	return len(b), nil
+func (t *loopTUN) WriteRaw(bufs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	t.written += n - vnetHdrLen
+	return n, nil
 }
 func (t *loopTUN) Write(bufs [][]byte, offset int) (int, error) {
 	for _, b := range bufs {

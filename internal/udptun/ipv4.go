@@ -5,10 +5,13 @@ import "encoding/binary"
 // IPv4 field offsets and constants used by the data path.
 const (
 	ipv4MinHeader = 20
-	ipProtoICMP   = 1
-	flagDF        = 0x4000
-	fragOffMask   = 0x1fff
-	flagMF        = 0x2000
+	// maxTCPv4Headers is the longest IPv4 plus TCP header (both with
+	// options): what must be contiguous to check a super-packet.
+	maxTCPv4Headers = 60 + 60
+	ipProtoICMP     = 1
+	flagDF          = 0x4000
+	fragOffMask     = 0x1fff
+	flagMF          = 0x2000
 
 	icmpDestUnreach   = 3
 	icmpTimeExceeded  = 11
@@ -23,13 +26,17 @@ const (
 // checkIPv4 validates the inner packet p and returns its total length
 // (from the header; p may be longer, never shorter). ok is false for a
 // packet that is not IPv4, has a bad header length or is truncated.
-func checkIPv4(p []byte) (totLen int, ok bool) {
+func checkIPv4(p []byte) (totLen int, ok bool) { return checkIPv4Len(p, len(p)) }
+
+// checkIPv4Len is checkIPv4 for a packet of size bytes of which p is the
+// start (at least its IPv4 header).
+func checkIPv4Len(p []byte, size int) (totLen int, ok bool) {
 	if len(p) < ipv4MinHeader || p[0]>>4 != 4 {
 		return 0, false
 	}
 	ihl := int(p[0]&0x0f) * 4
 	totLen = int(binary.BigEndian.Uint16(p[2:4]))
-	if ihl < ipv4MinHeader || totLen < ihl || totLen > len(p) {
+	if ihl < ipv4MinHeader || ihl > len(p) || totLen < ihl || totLen > size {
 		return 0, false
 	}
 	return totLen, true

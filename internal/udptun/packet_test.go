@@ -450,8 +450,7 @@ func TestRXChecks(t *testing.T) {
 			rx := newRxPipe(eng)
 			m := rxMsg{buf: tc.data, n: len(tc.data), src: addrU32(tc.src), gso: tc.gso}
 			rx.datagram(eng.table.Load(), &m)
-			rx.flush()
-			eng.rx.add(&rx.c)
+			rx.endBatch()
 			s := eng.stats()
 			if s.PacketsIn != tc.wantIn {
 				t.Errorf("PacketsIn = %d, want %d", s.PacketsIn, tc.wantIn)
@@ -536,7 +535,7 @@ func FuzzRX(f *testing.F) {
 		}
 		m := rxMsg{buf: data, n: len(data), src: addrU32(src), gso: gso}
 		rx.datagram(e.table.Load(), &m)
-		rx.flush()
+		rx.endBatch()
 	})
 }
 

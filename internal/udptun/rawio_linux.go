@@ -35,3 +35,12 @@ func rawWrite(fd uintptr, b []byte) (int, unix.Errno) {
 	r, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return int(r), errno
 }
+
+// rawWritev is writev(2) without entersyscall.
+func rawWritev(fd uintptr, iovs []unix.Iovec) (int, unix.Errno) {
+	if len(iovs) == 0 {
+		return 0, 0
+	}
+	r, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(len(iovs)))
+	return int(r), errno
+}

@@ -4,8 +4,13 @@ package udptun
 //
 // A sender's chunks of one super-packet leave in one or two UDP GSO sends
 // and arrive, in order, in one or two UDP GRO messages. The reassembler
-// copies each chunk into a slot (which is also the TUN write buffer) and
-// hands back the slot when the last byte has arrived. It accepts chunks
+// files each chunk in a slot and hands back the slot when the last byte
+// has arrived. A chunk is not copied: the slot keeps a reference to it in
+// the receive buffer (a piece), and the complete super-packet goes into
+// the TUN device with one writev of its pieces. Only what is still
+// incomplete when the receive batch ends (the rest of the super-packet is
+// in the next batch, which reuses the receive buffers), or has more than
+// reasmMaxPieces pieces, is copied into the slot's own buffer (settle). It accepts chunks
 // only in order (offset == bytes so far): anything else is a lost or
 // reordered chunk, and the super-packet is dropped whole and counted once
 // (DropIncomplete); TCP retransmits it. In-order-only also means a
@@ -39,6 +44,10 @@ const (
 	// reasmTimeout: all chunks of a super-packet leave in one sendmmsg;
 	// one still incomplete after this is not going to complete.
 	reasmTimeout = int64(200e6) // ns
+	// reasmMaxPieces is how many chunks a slot references before it
+	// copies them into its buffer: a 64 KiB super-packet in chunks of a
+	// 1500-byte underlay is 46; a sender with a tiny MTU gets copied.
+	reasmMaxPieces = 64
 )
 
 type slotState uint8
@@ -50,18 +59,48 @@ const (
 )
 
 type reasmSlot struct {
-	buf   []byte // tunOffset headroom + up to maxPacket bytes
-	state slotState
-	src   uint32
-	id    uint32
-	total int
-	next  int // bytes received so far, in order
-	born  int64
-	v     vnetHdr
+	buf []byte // tunOffset headroom + up to maxPacket bytes
+	// The bytes received so far are buf[tunOffset:tunOffset+copied]
+	// followed by pieces, which alias the current receive batch.
+	copied int
+	pieces [][]byte
+	state  slotState
+	src    uint32
+	id     uint32
+	total  int
+	next   int // bytes received so far, in order
+	born   int64
+	v      vnetHdr
 }
 
-// packet is the reassembled super-packet (valid once complete).
-func (s *reasmSlot) packet() []byte { return s.buf[tunOffset : tunOffset+s.total] }
+// head is the first contiguous part of what was received: the start of
+// the super-packet (its IPv4 and TCP headers, unless the chunks are tiny).
+func (s *reasmSlot) head() []byte {
+	if s.copied > 0 || len(s.pieces) == 0 {
+		return s.buf[tunOffset : tunOffset+s.copied]
+	}
+	return s.pieces[0]
+}
+
+// iovecs appends to iov the complete super-packet as pieces to write one
+// after the other, led by the vnetHdrLen bytes of headroom in front of it.
+func (s *reasmSlot) iovecs(iov [][]byte) [][]byte {
+	iov = append(iov, s.buf[tunOffset-vnetHdrLen:tunOffset+s.copied])
+	return append(iov, s.pieces...)
+}
+
+// settle copies the slot's pieces into its buffer.
+func (s *reasmSlot) settle() {
+	for _, p := range s.pieces {
+		s.copied += copy(s.buf[tunOffset+s.copied:], p)
+	}
+	s.dropPieces()
+}
+
+func (s *reasmSlot) dropPieces() {
+	clear(s.pieces)
+	s.pieces = s.pieces[:0]
+}
 
 type reassembler struct {
 	slots []reasmSlot
@@ -73,8 +112,24 @@ func newReassembler() *reassembler {
 	slab := make([]byte, reasmSlots*bufSize)
 	for i := range r.slots {
 		r.slots[i].buf = slab[i*bufSize : (i+1)*bufSize : (i+1)*bufSize]
+		r.slots[i].pieces = make([][]byte, 0, reasmMaxPieces)
 	}
 	return r
+}
+
+// settle copies every incomplete super-packet's pieces into its slot: the
+// receive buffers they alias are about to be reused. The RX pipeline calls
+// it at the end of each receive batch.
+func (r *reassembler) settle() {
+	for i := range r.slots {
+		if s := &r.slots[i]; len(s.pieces) > 0 {
+			if s.state == slotFilling {
+				s.settle()
+			} else {
+				s.dropPieces()
+			}
+		}
+	}
 }
 
 // add files chunk c from src at time now (ns). It returns the slot if this
@@ -101,10 +156,14 @@ func (r *reassembler) add(src uint32, c *chunk, now int64) (done *reasmSlot, los
 		return nil, lost
 	case c.off != s.next || c.total != s.total:
 		s.state = slotPoisoned
+		s.dropPieces()
 		r.endIfLast(s, c)
 		return nil, lost + 1
 	}
-	copy(s.buf[tunOffset+c.off:], c.data)
+	if len(s.pieces) == cap(s.pieces) {
+		s.settle()
+	}
+	s.pieces = append(s.pieces, c.data)
 	s.next += len(c.data)
 	if s.next == s.total {
 		return s, lost
@@ -120,7 +179,10 @@ func (r *reassembler) endIfLast(s *reasmSlot, c *chunk) {
 	}
 }
 
-func (r *reassembler) release(s *reasmSlot) { s.state = slotFree }
+func (r *reassembler) release(s *reasmSlot) {
+	s.state = slotFree
+	s.dropPieces()
+}
 
 func (r *reassembler) find(src, id uint32) *reasmSlot {
 	if s := &r.slots[r.last]; s.state != slotFree && s.src == src && s.id == id {
@@ -171,7 +233,8 @@ func (r *reassembler) take(src, id uint32, now int64) (s *reasmSlot, lost uint64
 		lost += r.evict(&r.slots[i])
 	}
 	s = &r.slots[i]
-	s.src, s.id, s.born, s.next = src, id, now, 0
+	s.src, s.id, s.born, s.next, s.copied = src, id, now, 0, 0
+	s.dropPieces()
 	r.last = i
 	return s, lost
 }
@@ -184,5 +247,6 @@ func (r *reassembler) evict(s *reasmSlot) uint64 {
 		n = 1
 	}
 	s.state = slotFree
+	s.dropPieces()
 	return n
 }

@@ -89,9 +89,16 @@ func (c *dgramConn) WriteBatch(msgs []txMsg) error {
 // txDatagrams runs raw TUN frames through a TX pipeline of an engine for
 // tLocal with MTU 1464 and returns the datagrams it sent to tPubB.
 func txDatagrams(t testing.TB, maxSegs int, frames ...[]byte) ([][]byte, *engine, *dgramConn) {
+	return txDatagramsMTU(t, 1464, maxSegs, frames...)
+}
+
+// txDatagramsMTU is txDatagrams with another MTU.
+func txDatagramsMTU(t testing.TB, mtu, maxSegs int, frames ...[]byte) ([][]byte, *engine, *dgramConn) {
 	tun := &loopTUN{pkts: frames, raw: true}
 	conn := &dgramConn{t: t, maxSegs: maxSegs}
-	e := newEngine(testConfig(tLocal, tPubA), tun, conn)
+	cfg := testConfig(tLocal, tPubA)
+	cfg.MTU = mtu
+	e := newEngine(cfg, tun, conn)
 	e.setPeers([]Peer{{Subnet: tRemote, PublicIP: tPubB}})
 	tx := newTxPipe(e)
 	n, _ := tun.ReadRaw(tx.rbufs, tx.sizes)
@@ -114,8 +121,9 @@ type recTUN struct {
 	whole [][]byte
 }
 
-func (r *recTUN) WriteRaw(b []byte) (int, error) {
-	r.raw = append(r.raw, append([]byte(nil), b...))
+func (r *recTUN) WriteRaw(bufs [][]byte) (int, error) {
+	b := bytes.Join(bufs, nil)
+	r.raw = append(r.raw, b)
 	return len(b), nil
 }
 
@@ -132,8 +140,7 @@ func feed(p *rxPipe, src netip.Addr, dgrams ...[]byte) {
 		m := rxMsg{buf: d, n: len(d), src: addrU32(src)}
 		p.datagram(tbl, &m)
 	}
-	p.flush()
-	p.e.rx.add(&p.c)
+	p.endBatch()
 }
 
 func TestChunkHeader(t *testing.T) {
@@ -484,6 +491,54 @@ func TestRXSuperPacket(t *testing.T) {
 	})
 }
 
+// TestRXSuperPacketAcrossBatches: the reassembler keeps references to
+// chunks in the receive buffers, so a super-packet whose chunks arrive in
+// several receive batches must survive the buffer being reused in between
+// (settle), also with more chunks than reasmMaxPieces and with a first
+// chunk shorter than its headers.
+func TestRXSuperPacketAcrossBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		mtu, payload, mss int
+	}{
+		{"1500-byte underlay", 1464, 30000, 1412},
+		{"tiny chunks", 100, 8000, 48},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, v := tcpSuper("10.244.1.5", "10.244.2.9", 64, tc.payload, tc.mss, 2)
+			dgrams, _, _ := txDatagramsMTU(t, tc.mtu, 64, rawFrame(v, p))
+			want := append([]byte(nil), p...)
+			decTTL(want)
+			if tc.mtu == 100 && (len(dgrams) <= reasmMaxPieces || len(dgrams[0])-firstChunkHdrLen >= maxTCPv4Headers) {
+				t.Fatalf("%d chunks of %d bytes: not the case under test", len(dgrams), len(dgrams[0]))
+			}
+			n := len(dgrams)
+			for _, per := range []int{n, n - 1, n / 2, 3, 1} { // chunks per receive batch
+				rx, tun := rxEngine(t)
+				buf := make([]byte, maxPacket) // the one receive buffer, reused by every batch
+				for i := 0; i < n; i += per {
+					at := 0
+					for _, d := range dgrams[i:min(i+per, n)] {
+						at += copy(buf[at:], d)
+					}
+					m := rxMsg{buf: buf, n: at, src: addrU32(tPubA), gso: len(dgrams[i])}
+					rx.datagram(rx.e.table.Load(), &m)
+					rx.endBatch()
+					for j := range buf {
+						buf[j] = 0xAA
+					}
+				}
+				if len(tun.raw) != 1 {
+					t.Fatalf("%d chunks per batch: delivered %d super-packets, want 1 (drops %v)", per, len(tun.raw), rx.e.stats().Drops)
+				}
+				if !bytes.Equal(tun.raw[0][vnetHdrLen:], want) {
+					t.Fatalf("%d chunks per batch: reassembled packet differs", per)
+				}
+			}
+		})
+	}
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
@@ -618,12 +673,13 @@ func FuzzReassembly(f *testing.F) {
 			rx.datagram(tbl, &m)
 			data = data[3+n:]
 		}
-		rx.flush()
+		rx.endBatch()
 	})
 }
 
 // WriteRaw is checkTUN's check for super-packets (packet_test.go).
-func (c *checkTUN) WriteRaw(b []byte) (int, error) {
+func (c *checkTUN) WriteRaw(bufs [][]byte) (int, error) {
+	b := bytes.Join(bufs, nil)
 	var v vnetHdr
 	v.decode(b)
 	p := b[vnetHdrLen:]

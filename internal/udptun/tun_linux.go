@@ -38,12 +38,19 @@ type nativeTUN struct {
 
 	// WriteRaw's state, shared by its callers (the RX pipeline's
 	// super-packets and single packets, the TX pipeline's ICMP errors).
+	// One piece is written with write(2), more with writev(2) from wiovs.
 	wmu     sync.Mutex
 	wbuf    []byte
+	wiovs   []unix.Iovec
+	wniov   int
 	wn      int
 	werr    error
 	writeFn func(uintptr) bool
 }
+
+// maxWriteIovs is how many pieces one WriteRaw may have (UIO_MAXIOV is
+// 1024); the RX pipeline's super-packets have at most reasmMaxPieces+1.
+const maxWriteIovs = 256
 
 func (t *nativeTUN) SetDeadline(d time.Time) error { return t.file.SetDeadline(d) }
 
@@ -89,15 +96,40 @@ func (t *nativeTUN) doRead(fd uintptr) bool {
 	return true
 }
 
-// WriteRaw writes one packet, preceded by its virtio_net_hdr. A TUN
+// WriteRaw writes one packet, preceded by its virtio_net_hdr, made of
+// bufs one after the other: one piece with write(2), several with one
+// writev(2), so that a reassembled super-packet goes from the receive
+// buffers into the kernel without being copied together first. A TUN
 // write does not block (the device queues or drops), so the netpoller wait
 // behind EAGAIN is there only for correctness.
-func (t *nativeTUN) WriteRaw(b []byte) (int, error) {
+func (t *nativeTUN) WriteRaw(bufs [][]byte) (int, error) {
+	if len(bufs) == 1 {
+		return t.write(bufs[0], nil)
+	}
+	return t.write(nil, bufs)
+}
+
+// write writes b, or if b is nil the pieces bufs, as one packet.
+func (t *nativeTUN) write(b []byte, bufs [][]byte) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	t.wbuf, t.wn, t.werr = b, 0, nil
+	t.wbuf, t.wniov, t.wn, t.werr = b, 0, 0, nil
+	switch {
+	case b != nil:
+	case len(bufs) > len(t.wiovs):
+		return 0, fmt.Errorf("write: %d pieces, at most %d", len(bufs), len(t.wiovs))
+	default:
+		for _, b := range bufs {
+			if len(b) > 0 {
+				t.wiovs[t.wniov].Base = &b[0]
+				t.wiovs[t.wniov].SetLen(len(b))
+				t.wniov++
+			}
+		}
+	}
 	err := t.rc.Write(t.writeFn)
 	t.wbuf = nil
+	clear(t.wiovs[:t.wniov]) // drop references to the caller's buffers
 	if err == nil {
 		err = t.werr
 	}
@@ -109,7 +141,13 @@ func (t *nativeTUN) WriteRaw(b []byte) (int, error) {
 
 func (t *nativeTUN) doWrite(fd uintptr) bool {
 	for {
-		n, errno := rawWrite(fd, t.wbuf)
+		var n int
+		var errno unix.Errno
+		if t.wniov > 0 {
+			n, errno = rawWritev(fd, t.wiovs[:t.wniov])
+		} else {
+			n, errno = rawWrite(fd, t.wbuf)
+		}
 		switch errno {
 		case 0:
 			t.wn = n
@@ -135,7 +173,7 @@ func (t *nativeTUN) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	b := bufs[0][offset-vnetHdrLen:]
 	clear(b[:vnetHdrLen])
-	if _, err := t.WriteRaw(b); err != nil {
+	if _, err := t.write(b, nil); err != nil {
 		return 0, err
 	}
 	return 1, nil
@@ -202,7 +240,7 @@ func openTUN(name string) (dev *nativeTUN, created bool, err error) {
 		d.Close()
 		return nil, false, fmt.Errorf("set up tun %s: unexpected device type %T or no virtio_net_hdr", name, d)
 	}
-	dev = &nativeTUN{Device: d, file: nt.File()}
+	dev = &nativeTUN{Device: d, file: nt.File(), wiovs: make([]unix.Iovec, maxWriteIovs)}
 	dev.readFn, dev.writeFn = dev.doRead, dev.doWrite
 	dev.rc, err = dev.file.SyscallConn()
 	if err == nil {

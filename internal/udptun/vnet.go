@@ -60,6 +60,13 @@ func (v *vnetHdr) encode(b []byte) {
 // kernel repeats in every segment) and the number of segments. A received
 // virtio header is written to our TUN device only after this check.
 func validateTSO(p []byte, v *vnetHdr) (hdrLen, segs int, ok bool) {
+	return validateTSOLen(p, len(p), v)
+}
+
+// validateTSOLen is validateTSO for a packet of size bytes of which p is
+// the start (at least its IPv4 header and the fixed part of the TCP
+// header; checkIPv4Len passed).
+func validateTSOLen(p []byte, size int, v *vnetHdr) (hdrLen, segs int, ok bool) {
 	ihl := int(p[0]&0x0f) * 4
 	if v.gsoType != vnetGSOTCPv4 || v.flags != vnetFlagNeedsCsum || p[9] != ipProtoTCP ||
 		int(v.csumStart) != ihl || v.csumOffset != tcpCsumOffset ||
@@ -68,10 +75,10 @@ func validateTSO(p []byte, v *vnetHdr) (hdrLen, segs int, ok bool) {
 	}
 	thl := int(p[ihl+12]>>4) * 4
 	hdrLen = ihl + thl
-	if thl < 20 || hdrLen >= len(p) || int(v.gsoSize) < minGSOSize {
+	if thl < 20 || hdrLen >= size || int(v.gsoSize) < minGSOSize {
 		return 0, 0, false
 	}
-	payload := len(p) - hdrLen
+	payload := size - hdrLen
 	return hdrLen, (payload + int(v.gsoSize) - 1) / int(v.gsoSize), true
 }
 
