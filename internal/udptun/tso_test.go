@@ -716,3 +716,40 @@ func TestEngineOverFakesTSO(t *testing.T) {
 	waitFor(t, func() bool { return p.a.stats().PacketsOut == segs && p.b.stats().PacketsIn == segs },
 		func() any { return []Stats{p.a.stats(), p.b.stats()} })
 }
+
+// TestGROCandidates: only TCP segments with data and no flags but ACK/PSH
+// are worth wireguard-go's GRO; everything else is written one by one.
+func TestGROCandidates(t *testing.T) {
+	data, _ := tcpSuper("10.244.1.5", "10.244.2.9", 64, 1000, 1412, 0)
+	ack, _ := tcpSuper("10.244.1.5", "10.244.2.9", 64, 0, 1412, 0)
+	ack[20+13] = 0x10
+	syn, _ := tcpSuper("10.244.1.5", "10.244.2.9", 64, 10, 1412, 0)
+	syn[20+13] = 0x02
+	fin, _ := tcpSuper("10.244.1.5", "10.244.2.9", 64, 10, 1412, 0)
+	fin[20+13] = 0x11
+	udp := ipPacket("10.244.1.5", "10.244.2.9", 64, 100, false)
+	short := data[:30]
+	at := func(pkts ...[]byte) [][]byte {
+		var bufs [][]byte
+		for _, p := range pkts {
+			bufs = append(bufs, append(make([]byte, tunOffset), p...))
+		}
+		return bufs
+	}
+	for _, tc := range []struct {
+		name string
+		bufs [][]byte
+		want int
+	}{
+		{"data", at(data, data), 2},
+		{"pure acks", at(ack, ack, ack), 0},
+		{"psh ack with data", at(data, ack, data), 2},
+		{"syn and fin", at(syn, fin), 0},
+		{"udp", at(udp, udp), 0},
+		{"truncated", at(short, data), 1},
+	} {
+		if got := groCandidates(tc.bufs, tunOffset); got != tc.want {
+			t.Errorf("%s: %d candidates, want %d", tc.name, got, tc.want)
+		}
+	}
+}

@@ -162,21 +162,33 @@ func (t *nativeTUN) doWrite(fd uintptr) bool {
 	}
 }
 
-// Write writes whole packets, bufs[i][offset:]. A batch of one cannot be
-// coalesced, so it skips wireguard-go's GRO table and os.File and goes out
-// as one raw write with an empty virtio_net_hdr (what wireguard-go would
-// write too): on the bulk path that is nearly every ACK. Larger batches
-// go through wireguard-go's GRO.
+// Write writes whole packets, bufs[i][offset:]. Packets that cannot be
+// coalesced skip wireguard-go's GRO table and os.File and go out as raw
+// writes with an empty virtio_net_hdr (what wireguard-go would write too):
+// on the bulk path that is nearly every ACK, and a TUN write of an ACK runs
+// the sender's TCP in our thread, long enough for sysmon to hand our P away
+// if the write were an ordinary system call (rawio_linux.go). A batch with
+// two or more TCP segments carrying data goes through wireguard-go's GRO.
 func (t *nativeTUN) Write(bufs [][]byte, offset int) (int, error) {
-	if len(bufs) != 1 || offset < vnetHdrLen {
+	if offset < vnetHdrLen || (len(bufs) > 1 && groCandidates(bufs, offset) > 1) {
 		return t.Device.Write(bufs, offset)
 	}
-	b := bufs[0][offset-vnetHdrLen:]
-	clear(b[:vnetHdrLen])
-	if _, err := t.write(b, nil); err != nil {
-		return 0, err
+	var errs error
+	total := 0
+	for _, buf := range bufs {
+		b := buf[offset-vnetHdrLen:]
+		clear(b[:vnetHdrLen])
+		n, err := t.write(b, nil)
+		if errors.Is(err, os.ErrClosed) {
+			return total, err
+		}
+		if err != nil {
+			errs = errors.Join(errs, err)
+			continue
+		}
+		total += n - vnetHdrLen
 	}
-	return 1, nil
+	return total, errs
 }
 
 // tunOffloads are the offloads we take from the kernel: checksum and TCP

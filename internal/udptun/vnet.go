@@ -113,3 +113,26 @@ func finishChecksum(p []byte, start, offset uint16) bool {
 	binary.BigEndian.PutUint16(p[at:], c)
 	return true
 }
+
+// groCandidates counts the packets in bufs (IPv4, at offset) that
+// wireguard-go's GRO might coalesce: TCP segments with data and no flags
+// but ACK and PSH. Pure ACKs and everything else are written one by one
+// either way.
+func groCandidates(bufs [][]byte, offset int) int {
+	n := 0
+	for _, b := range bufs {
+		p := b[offset:]
+		if len(p) < ipv4MinHeader || p[0]>>4 != 4 || p[9] != ipProtoTCP {
+			continue
+		}
+		ihl := int(p[0]&0x0f) * 4
+		if len(p) < ihl+20 {
+			continue
+		}
+		thl := int(p[ihl+12]>>4) * 4
+		if flags := p[ihl+13]; len(p) > ihl+thl && flags&^0x08 == 0x10 { // ACK, maybe PSH
+			n++
+		}
+	}
+	return n
+}
