@@ -10,10 +10,10 @@ package udptun
 // the TUN device with one writev of its pieces. Only what is still
 // incomplete when the receive batch ends (the rest of the super-packet is
 // in the next batch, which reuses the receive buffers), or has more than
-// reasmMaxPieces pieces, is copied into the slot's own buffer (settle). It accepts chunks
-// only in order (offset == bytes so far): anything else is a lost or
-// reordered chunk, and the super-packet is dropped whole and counted once
-// (DropIncomplete); TCP retransmits it. In-order-only also means a
+// reasmMaxPieces pieces, is copied into the slot's own buffer (settle).
+// It accepts chunks only in order (offset == bytes so far): anything else
+// is a lost or reordered chunk, and the super-packet is dropped whole and
+// counted once (DropIncomplete); TCP retransmits it. In-order-only also means a
 // duplicate or overlapping chunk can never leave a hole of stale bytes in
 // a "complete" buffer.
 //
