@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/tulle-net/tulle/internal/ipam"
@@ -234,12 +235,50 @@ func openPorts(host *nsLink, dataDir string) (*portsConn, error) {
 		f.Close()
 		return nil, withCode(types.ErrIOFailure, fmt.Errorf("lock %s: %w", path, err))
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(host.ns.Fd())))
+	c, err := nftables.New(nftables.WithNetNSFd(int(host.ns.Fd())), nftables.WithSockOptions(bigSocketBuffers))
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open nftables in netns %s: %w", host.ns.Path(), err)
 	}
 	return &portsConn{nft: c, lock: f}, nil
+}
+
+// nftSocketBuffer is the netlink send and receive buffer of the plugin's
+// nftables connections. A transaction goes out in one sendmsg, which must
+// fit the send buffer (else EMSGSIZE), and the kernel acknowledges every
+// message of it before we read any, each ack taking about 1 KiB of receive
+// buffer (else ENOBUFS: the transaction is applied but its result lost).
+// The defaults (net.core.[rw]mem_default, 208 KiB) overflow at a few
+// hundred rules: a port range of a hundred ports, or a GC after many
+// containers died. 8 MiB holds an ADD of 1000 mappings.
+const nftSocketBuffer = 8 << 20
+
+// nftDelBatch is how many rules one GC or DEL transaction deletes at most,
+// so that deleting any number of rules stays within nftSocketBuffer.
+const nftDelBatch = 1024
+
+// bigSocketBuffers sets nftSocketBuffer on c, past net.core.[rw]mem_max
+// where we have CAP_NET_ADMIN (SO_*BUFFORCE), else as far as those allow.
+func bigSocketBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], nftSocketBuffer) != nil {
+				serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], nftSocketBuffer))
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("set netlink socket buffers to %d bytes: %w", nftSocketBuffer, err)
+	}
+	return nil
 }
 
 // close releases the lock (closing the file drops the flock).
@@ -415,7 +454,18 @@ func removePorts(host *nsLink, dataDir, network string, gone func(ipam.Attachmen
 	if err != nil {
 		return err
 	}
-	n := 0
+	n, done := 0, 0
+	flush := func() error {
+		if n == done {
+			return nil
+		}
+		if err := pc.nft.Flush(); err != nil {
+			return fmt.Errorf("delete port rules %d-%d of network %s in table inet %s (the first %d are gone; run GC or DEL again): %w",
+				done+1, n, network, nftTableName, done, err)
+		}
+		done = n
+		return nil
+	}
 	for _, r := range have {
 		if r.tag.network != network || !gone(r.tag.att) {
 			continue
@@ -424,15 +474,13 @@ func removePorts(host *nsLink, dataDir, network string, gone func(ipam.Attachmen
 		if err := pc.nft.DelRule(r.rule); err != nil {
 			return fmt.Errorf("delete port rule %q: %w", r.tag, err)
 		}
-		n++
+		if n++; n-done == nftDelBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
 	}
-	if n == 0 {
-		return nil
-	}
-	if err := pc.nft.Flush(); err != nil {
-		return fmt.Errorf("delete %d port rules of network %s in table inet %s: %w", n, network, nftTableName, err)
-	}
-	return nil
+	return flush()
 }
 
 // checkPorts verifies that att publishes exactly ms: each mapping's rules

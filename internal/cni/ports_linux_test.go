@@ -454,6 +454,31 @@ func TestPortsGC(t *testing.T) {
 	}
 }
 
+// TestPortsMany: one ADD publishing 300 ports (1200 rules in one
+// transaction) and a GC removing them all (in several): the kernel acks
+// every message before the plugin reads one, which overflowed the netlink
+// socket's default receive buffer (ENOBUFS) at a few hundred rules.
+func TestPortsMany(t *testing.T) {
+	n := newPortsNode(t)
+	a, _ := n.container(t)
+	var pms []PortMapping
+	for i := range 300 {
+		pms = append(pms, PortMapping{HostPort: 20000 + i, ContainerPort: 80})
+	}
+	n.add(t, "ctr-many", a, n.portsConf("tcn-net", pms...))
+	if got := n.portRuleCount(t); got != 4*len(pms) {
+		t.Fatalf("ADD of %d mappings left %d rules, want %d", len(pms), got, 4*len(pms))
+	}
+	gcConf := n.conf("1.1.0", map[string]any{"cni.dev/valid-attachments": []map[string]string{}})
+	later := New(Options{HostNSPath: n.ns.Path(), Now: func() time.Time { return time.Now().Add(2 * gcGrace) }})
+	if err := later.GC(args("", "", "", gcConf)); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if got := n.portRuleCount(t); got != 0 {
+		t.Fatalf("GC left %d of %d port rules", got, 4*len(pms))
+	}
+}
+
 // TestPortsWithAgentMasquerade: the agent's masquerade and the plugin's
 // ports share table inet tulle. The agent's Apply (first, again, changed,
 // removed) leaves the port rules alone, and the ports keep working.
