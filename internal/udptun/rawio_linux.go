@@ -27,15 +27,6 @@ func rawRead(fd uintptr, b []byte) (int, unix.Errno) {
 	return int(r), errno
 }
 
-// rawWrite is write(2) without entersyscall.
-func rawWrite(fd uintptr, b []byte) (int, unix.Errno) {
-	if len(b) == 0 {
-		return 0, 0
-	}
-	r, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-	return int(r), errno
-}
-
 // rawWritev is writev(2) without entersyscall.
 func rawWritev(fd uintptr, iovs []unix.Iovec) (int, unix.Errno) {
 	if len(iovs) == 0 {

@@ -37,10 +37,9 @@ type nativeTUN struct {
 	readFn func(uintptr) bool
 
 	// WriteRaw's state, shared by its callers (the RX pipeline's
-	// super-packets and single packets, the TX pipeline's ICMP errors).
-	// One piece is written with write(2), more with writev(2) from wiovs.
+	// super-packets and single packets, the TX pipeline's ICMP errors):
+	// the pieces of the packet being written, for writev(2).
 	wmu     sync.Mutex
-	wbuf    []byte
 	wiovs   []unix.Iovec
 	wniov   int
 	wn      int
@@ -97,38 +96,25 @@ func (t *nativeTUN) doRead(fd uintptr) bool {
 }
 
 // WriteRaw writes one packet, preceded by its virtio_net_hdr, made of
-// bufs one after the other: one piece with write(2), several with one
-// writev(2), so that a reassembled super-packet goes from the receive
-// buffers into the kernel without being copied together first. A TUN
-// write does not block (the device queues or drops), so the netpoller wait
-// behind EAGAIN is there only for correctness.
+// bufs one after the other, with one writev(2): a reassembled super-packet
+// goes from the receive buffers into the kernel without being copied
+// together first. A TUN write does not block (the device queues or drops),
+// so the netpoller wait behind EAGAIN is there only for correctness.
 func (t *nativeTUN) WriteRaw(bufs [][]byte) (int, error) {
-	if len(bufs) == 1 {
-		return t.write(bufs[0], nil)
-	}
-	return t.write(nil, bufs)
-}
-
-// write writes b, or if b is nil the pieces bufs, as one packet.
-func (t *nativeTUN) write(b []byte, bufs [][]byte) (int, error) {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
-	t.wbuf, t.wniov, t.wn, t.werr = b, 0, 0, nil
-	switch {
-	case b != nil:
-	case len(bufs) > len(t.wiovs):
+	if len(bufs) > len(t.wiovs) {
 		return 0, fmt.Errorf("write: %d pieces, at most %d", len(bufs), len(t.wiovs))
-	default:
-		for _, b := range bufs {
-			if len(b) > 0 {
-				t.wiovs[t.wniov].Base = &b[0]
-				t.wiovs[t.wniov].SetLen(len(b))
-				t.wniov++
-			}
+	}
+	t.wniov, t.wn, t.werr = 0, 0, nil
+	for _, b := range bufs {
+		if len(b) > 0 {
+			t.wiovs[t.wniov].Base = &b[0]
+			t.wiovs[t.wniov].SetLen(len(b))
+			t.wniov++
 		}
 	}
 	err := t.rc.Write(t.writeFn)
-	t.wbuf = nil
 	clear(t.wiovs[:t.wniov]) // drop references to the caller's buffers
 	if err == nil {
 		err = t.werr
@@ -141,13 +127,7 @@ func (t *nativeTUN) write(b []byte, bufs [][]byte) (int, error) {
 
 func (t *nativeTUN) doWrite(fd uintptr) bool {
 	for {
-		var n int
-		var errno unix.Errno
-		if t.wniov > 0 {
-			n, errno = rawWritev(fd, t.wiovs[:t.wniov])
-		} else {
-			n, errno = rawWrite(fd, t.wbuf)
-		}
+		n, errno := rawWritev(fd, t.wiovs[:t.wniov])
 		switch errno {
 		case 0:
 			t.wn = n
@@ -175,10 +155,11 @@ func (t *nativeTUN) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	var errs error
 	total := 0
+	var one [1][]byte
 	for _, buf := range bufs {
-		b := buf[offset-vnetHdrLen:]
-		clear(b[:vnetHdrLen])
-		n, err := t.write(b, nil)
+		one[0] = buf[offset-vnetHdrLen:]
+		clear(one[0][:vnetHdrLen])
+		n, err := t.WriteRaw(one[:])
 		if errors.Is(err, os.ErrClosed) {
 			return total, err
 		}
