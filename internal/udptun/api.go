@@ -42,8 +42,26 @@ type Config struct {
 	// The dataplane puts Local's first address (the .0) on the TUN device
 	// as a /32; ICMP errors the engine generates come from it.
 	Local, Cluster netip.Prefix
-	Logger         *slog.Logger
+	// MaxRXPacket is the largest packet (IPv4 bytes) the engine writes into
+	// the TUN device when it merges received TSO super-packets of one TCP
+	// flow (coalesce.go); 0 means 65535. A larger value makes BIG TCP
+	// packets (IPv4 total length 0, Linux >= 6.3): every device between
+	// the TUN device and the local workloads (the bridge and its ports)
+	// must then have a gso_max_size and gso_ipv4_max_size at least this
+	// large, or the kernel cuts each such packet into segments in software
+	// (correct, but slower than not merging). At most MaxRXPacketLimit.
+	MaxRXPacket int
+	Logger      *slog.Logger
 }
+
+// BigRXPacket is the MaxRXPacket the agent uses where the kernel has IPv4
+// BIG TCP (three 64 KiB super-packets; Cilium's BIG TCP default too).
+const BigRXPacket = 196608
+
+// MaxRXPacketLimit bounds Config.MaxRXPacket (Linux's GSO_MAX_SIZE is
+// 512 KiB; a TUN write that large also needs an skb with that many
+// fragments, which fails more often as memory fragments).
+const MaxRXPacketLimit = 262144
 
 // Engine is a running data path. Its methods are safe for concurrent use.
 type Engine struct{ e *engine }
@@ -85,6 +103,14 @@ type Stats struct {
 	// ICMPSent counts ICMP errors written back into the TUN device;
 	// ICMPRateLimited those suppressed by the rate limit.
 	ICMPSent, ICMPRateLimited uint64
+	// SuperPacketsOut counts TSO super-packets read from the TUN device and
+	// tunnelled whole; SuperPacketsIn those reassembled and written.
+	SuperPacketsOut, SuperPacketsIn uint64
+	// Coalesced counts received super-packets written merged into the one
+	// before them (one TUN write, one skb, for several); CoalesceFailed
+	// the merged packets the TUN device refused, which were then written
+	// part by part.
+	Coalesced, CoalesceFailed uint64
 }
 
 // DropReason says why a packet was dropped.

@@ -134,6 +134,8 @@ type counters struct {
 	icmpSent    atomic.Uint64
 	icmpLimited atomic.Uint64
 	superPkts   atomic.Uint64 // TSO super-packets tunnelled whole
+	merged      atomic.Uint64 // RX: super-packets merged into the one before them
+	mergeFailed atomic.Uint64 // RX: merged packets the TUN device refused (written part by part)
 	_           [64]byte
 }
 
@@ -144,6 +146,8 @@ type batchCounters struct {
 	icmpSent    uint64
 	icmpLimited uint64
 	superPkts   uint64
+	merged      uint64
+	mergeFailed uint64
 }
 
 func (c *counters) add(b *batchCounters) {
@@ -165,6 +169,12 @@ func (c *counters) add(b *batchCounters) {
 	if b.superPkts != 0 {
 		c.superPkts.Add(b.superPkts)
 	}
+	if b.merged != 0 {
+		c.merged.Add(b.merged)
+	}
+	if b.mergeFailed != 0 {
+		c.mergeFailed.Add(b.mergeFailed)
+	}
 	*b = batchCounters{}
 }
 
@@ -178,6 +188,7 @@ type engine struct {
 	localIP   uint32 // Local's .0, host order: source of ICMP errors
 	localMask uint32
 	mtu       int
+	maxRX     int    // largest packet the RX pipeline writes (coalescing)
 	port      uint16 // default peer port
 	local     netip.Prefix
 
@@ -207,9 +218,13 @@ func newEngine(cfg Config, tun tunDevice, conn packetConn) *engine {
 		localIP:   addrU32(local.Addr()),
 		localMask: prefixMask(uint8(local.Bits())),
 		mtu:       cfg.MTU,
+		maxRX:     cfg.MaxRXPacket,
 		port:      cfg.Listen.Port(),
 		local:     local,
 		epoch:     time.Now(),
+	}
+	if e.maxRX == 0 {
+		e.maxRX = maxPacket
 	}
 	e.table.Store(&routeTable{})
 	return e
@@ -230,6 +245,8 @@ func validate(cfg Config) error {
 		return fmt.Errorf("udptun: Local %v: want an IPv4 prefix", cfg.Local)
 	case !cfg.Cluster.IsValid() || !cfg.Cluster.Addr().Is4() || cfg.Cluster.Bits() > cfg.Local.Bits() || !cfg.Cluster.Contains(cfg.Local.Addr()):
 		return fmt.Errorf("udptun: Cluster %v: want an IPv4 prefix holding Local %v", cfg.Cluster, cfg.Local)
+	case cfg.MaxRXPacket != 0 && (cfg.MaxRXPacket < maxPacket || cfg.MaxRXPacket > MaxRXPacketLimit):
+		return fmt.Errorf("udptun: MaxRXPacket %d: want 0 (65535) or %d-%d", cfg.MaxRXPacket, maxPacket, MaxRXPacketLimit)
 	}
 	return nil
 }
@@ -263,6 +280,8 @@ func (e *engine) stats() Stats {
 	}
 	s.ICMPSent = e.tx.icmpSent.Load()
 	s.ICMPRateLimited = e.tx.icmpLimited.Load()
+	s.SuperPacketsOut, s.SuperPacketsIn = e.tx.superPkts.Load(), e.rx.superPkts.Load()
+	s.Coalesced, s.CoalesceFailed = e.rx.merged.Load(), e.rx.mergeFailed.Load()
 	return s
 }
 
@@ -596,11 +615,18 @@ type rxPipe struct {
 	now   int64 // ns since e.epoch, once per batch (reassembly timeout)
 	c     batchCounters
 	errs  int // consecutive socket errors
+
+	co      *coalescer
+	writeFn writer // e.tun.WriteRaw, made once
 }
 
 func newRxPipe(e *engine) *rxPipe {
 	p := &rxPipe{e: e, msgs: make([]rxMsg, rxBatchMsgs), out: make([][]byte, rxOutBatch), batch: make([][]byte, 0, rxOutBatch),
-		reasm: newReassembler(), iov: make([][]byte, 0, reasmMaxPieces+1)}
+		reasm: newReassembler(), iov: make([][]byte, 0, reasmMaxPieces+1), co: newCoalescer(e.maxRX)}
+	p.writeFn = func(iov [][]byte) error {
+		_, err := e.tun.WriteRaw(iov)
+		return err
+	}
 	slab := make([]byte, rxBatchMsgs*maxPacket)
 	for i := range p.msgs {
 		p.msgs[i].buf = slab[i*maxPacket : (i+1)*maxPacket : (i+1)*maxPacket]
@@ -695,8 +721,11 @@ func (p *rxPipe) datagram(tbl *routeTable, m *rxMsg) {
 			p.c.drops[DropNotLocal]++
 			continue
 		}
+		if p.co.n > 0 {
+			p.co.flush(p.writeFn, &p.c) // keep a flow's order
+		}
 		if len(p.batch) == cap(p.batch) {
-			p.flush()
+			p.flushWhole()
 		}
 		b := p.out[len(p.batch)]
 		copy(b[tunOffset:], inner)
@@ -751,9 +780,18 @@ func (p *rxPipe) superPacket(s *reasmSlot) {
 	}
 	// Whole packets that arrived before it go first: TCP takes
 	// reordering as a hint of loss.
-	p.flush()
+	p.flushWhole()
 	v := vnetHdr{flags: vnetFlagNeedsCsum, gsoType: vnetGSOTCPv4, hdrLen: uint16(hdrLen),
 		gsoSize: s.v.gsoSize, csumStart: s.v.csumStart, csumOffset: s.v.csumOffset}
+	if s.copied == 0 {
+		// All of it is in this batch's receive buffers: coalesce.
+		p.co.add(head, hdrLen, s.total, segs, &v, s.pieces, p.writeFn, &p.c)
+		return
+	}
+	// Part of it is in the slot's buffer, which the next super-packet
+	// may overwrite before the batch ends: write it now, after what its
+	// flow has pending.
+	p.co.flushFlow(head, p.writeFn, &p.c)
 	v.encode(s.buf[tunOffset-vnetHdrLen:])
 	p.iov = s.iovecs(p.iov[:0])
 	_, err := e.tun.WriteRaw(p.iov)
@@ -767,7 +805,14 @@ func (p *rxPipe) superPacket(s *reasmSlot) {
 	p.c.superPkts++
 }
 
+// flush writes what the batch has pending: coalesced super-packets and
+// whole packets (only one of the two is pending at any time).
 func (p *rxPipe) flush() {
+	p.co.flush(p.writeFn, &p.c)
+	p.flushWhole()
+}
+
+func (p *rxPipe) flushWhole() {
 	if len(p.batch) == 0 {
 		return
 	}

@@ -47,10 +47,6 @@ type nativeTUN struct {
 	writeFn func(uintptr) bool
 }
 
-// maxWriteIovs is how many pieces one WriteRaw may have (UIO_MAXIOV is
-// 1024); the RX pipeline's super-packets have at most reasmMaxPieces+1.
-const maxWriteIovs = 256
-
 func (t *nativeTUN) SetDeadline(d time.Time) error { return t.file.SetDeadline(d) }
 
 // tunReadBatch is how many packets ReadRaw takes from the device's queue
