@@ -239,6 +239,7 @@ func (a *Agent) setup(ctx context.Context, mgr *subnet.Manager) (plan.Input, err
 		UnderlayMTU:      under.MTU,
 		UnderlayPrefixes: under.Prefixes,
 		IPMasq:           a.o.IPMasq,
+		BigTCP:           under.BigTCP,
 	}
 	attrs := lease.Attrs{Node: a.o.NodeName, PublicIP: under.Addr, BackendType: cfg.Backend.Type}
 	switch cfg.Backend.Type {
@@ -341,6 +342,9 @@ func (a *Agent) loop(ctx context.Context, dp *dataplane.Dataplane, snaps <-chan 
 				Network: in.Config.Network, Subnet: in.Self.Subnet, Gateway: lease.Gateway(in.Self.Subnet),
 				MTU: st.WorkloadMTU, IPMasq: a.o.IPMasq, Bridge: plan.BridgeName,
 				Node: a.o.NodeName, Backend: in.Config.Backend.Type,
+			}
+			if st.Bridge != nil {
+				info.GSOMaxSize = st.Bridge.GSOMaxSize
 			}
 			if err := subnetfile.Write(a.SubnetFile(), info); err != nil {
 				return err

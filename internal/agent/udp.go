@@ -175,7 +175,7 @@ func (u *udpPath) run(ctx context.Context) error {
 func (u *udpPath) start(ctx context.Context, cfg udppeers.Engine) (*udpRun, error) {
 	eng, err := u.open(udptun.Config{
 		TUNName: cfg.TUN, MTU: cfg.MTU, Listen: cfg.Listen, NetworkID: cfg.NetworkID,
-		Local: cfg.Local, Cluster: cfg.Cluster, Logger: u.engLog,
+		Local: cfg.Local, Cluster: cfg.Cluster, MaxRXPacket: cfg.MaxRXPacket, Logger: u.engLog,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open udp engine on %s (tun %s): %w", cfg.Listen, cfg.TUN, err)
@@ -190,7 +190,7 @@ func (u *udpPath) start(ctx context.Context, cfg udppeers.Engine) (*udpRun, erro
 		defer close(r.done)
 		r.done <- eng.Run(rctx)
 	}()
-	u.log.Info("udp engine open", logkey.Ifname, cfg.TUN, "listen", cfg.Listen, "mtu", cfg.MTU, "network_id", cfg.NetworkID)
+	u.log.Info("udp engine open", logkey.Ifname, cfg.TUN, "listen", cfg.Listen, "mtu", cfg.MTU, "network_id", cfg.NetworkID, "max_rx_packet", cfg.MaxRXPacket)
 	return r, nil
 }
 
@@ -228,6 +228,10 @@ func addStats(a, b udptun.Stats) udptun.Stats {
 	}
 	a.ICMPSent += b.ICMPSent
 	a.ICMPRateLimited += b.ICMPRateLimited
+	a.SuperPacketsIn += b.SuperPacketsIn
+	a.SuperPacketsOut += b.SuperPacketsOut
+	a.Coalesced += b.Coalesced
+	a.CoalesceFailed += b.CoalesceFailed
 	return a
 }
 
@@ -251,7 +255,7 @@ func (u *udpPath) request(ctx context.Context, req udpReq) error {
 func engineOf(st plan.State) udppeers.Engine {
 	return udppeers.Engine{
 		TUN: st.TUN.Name, MTU: st.TUN.MTU, Listen: st.UDP.Listen, NetworkID: st.UDP.NetworkID,
-		Local: st.UDP.Local, Cluster: st.UDP.Cluster,
+		Local: st.UDP.Local, Cluster: st.UDP.Cluster, MaxRXPacket: st.UDP.MaxRXPacket,
 	}
 }
 
@@ -382,6 +386,7 @@ func (u *udpPath) stats() (udptun.Stats, int, bool) {
 type udpCollector struct {
 	u                                  *udpPath
 	packets, bytes, drops, icmp, peers *prometheus.Desc
+	super, coalesced                   *prometheus.Desc
 }
 
 func newUDPCollector(u *udpPath) *udpCollector {
@@ -392,6 +397,9 @@ func newUDPCollector(u *udpPath) *udpCollector {
 		drops:   prometheus.NewDesc("tulle_udp_drops_total", "Packets the udp backend dropped, by reason (unknown_sender: a datagram from an address that is no peer).", []string{"reason"}, nil),
 		icmp:    prometheus.NewDesc("tulle_udp_icmp_errors_total", "ICMP errors (no route, TTL exceeded, fragmentation needed) the udp engine sent back to local senders, or suppressed by its rate limit.", []string{"result"}, nil),
 		peers:   prometheus.NewDesc("tulle_udp_peers", "Peers in the udp engine's table.", nil, nil),
+		super:   prometheus.NewDesc("tulle_udp_super_packets_total", "TSO super-packets the udp backend tunnelled whole: out = read from the TUN device, in = reassembled and delivered.", []string{"direction"}, nil),
+		coalesced: prometheus.NewDesc("tulle_udp_coalesced_total", "Received super-packets written merged with the one before them into one larger (BIG TCP) packet (result=merged), or merged packets the TUN device refused and that went out part by part (result=refused).",
+			[]string{"result"}, nil),
 	}
 }
 
@@ -401,6 +409,8 @@ func (c *udpCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.drops
 	ch <- c.icmp
 	ch <- c.peers
+	ch <- c.super
+	ch <- c.coalesced
 }
 
 func (c *udpCollector) Collect(ch chan<- prometheus.Metric) {
@@ -420,5 +430,9 @@ func (c *udpCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.icmp, s.ICMPSent, "sent")
 	counter(c.icmp, s.ICMPRateLimited, "rate_limited")
+	counter(c.super, s.SuperPacketsIn, "in")
+	counter(c.super, s.SuperPacketsOut, "out")
+	counter(c.coalesced, s.Coalesced, "merged")
+	counter(c.coalesced, s.CoalesceFailed, "refused")
 	ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(peers))
 }

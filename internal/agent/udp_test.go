@@ -380,13 +380,18 @@ func TestUDPMetrics(t *testing.T) {
 	e := u.eng.(*fakeEngine)
 	u.mu.Unlock()
 	e.mu.Lock()
-	e.stats = udptun.Stats{PacketsIn: 5, BytesIn: 500, PacketsOut: 6, BytesOut: 600, ICMPSent: 4, ICMPRateLimited: 9}
+	e.stats = udptun.Stats{PacketsIn: 5, BytesIn: 500, PacketsOut: 6, BytesOut: 600, ICMPSent: 4, ICMPRateLimited: 9,
+		SuperPacketsIn: 7, SuperPacketsOut: 8, Coalesced: 2, CoalesceFailed: 1}
 	e.stats.Drops[udptun.DropUnknownSender] = 3
 	e.stats.Drops[udptun.DropNoRoute] = 1
 	e.mu.Unlock()
 	want := []string{
 		`tulle_udp_bytes_total{direction="in"} 500`,
 		`tulle_udp_bytes_total{direction="out"} 600`,
+		`tulle_udp_coalesced_total{result="merged"} 2`,
+		`tulle_udp_coalesced_total{result="refused"} 1`,
+		`tulle_udp_super_packets_total{direction="in"} 7`,
+		`tulle_udp_super_packets_total{direction="out"} 8`,
 		`tulle_udp_icmp_errors_total{result="rate_limited"} 9`,
 		`tulle_udp_icmp_errors_total{result="sent"} 4`,
 		`tulle_udp_packets_total{direction="in"} 5`,

@@ -97,8 +97,22 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 	if pair.created {
 		undo.push(func() error { return deleteVeth(host.h, hostName) })
 	}
+	if err := ensureGSO(host.h, pair.host, s.gso); err != nil {
+		return nil, nil, err
+	}
 	if err := ensureBridgePort(host.h, pair.host, br, s.mtu, s.hairpin); err != nil {
 		return nil, nil, err
+	}
+	if s.gso > 0 {
+		// The bridge takes as much as its smallest port (tso_max_size),
+		// so only with a port it can be raised.
+		l, err := host.h.LinkByIndex(br.Attrs().Index)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read bridge %s: %w", s.bridge, err)
+		}
+		if err := ensureGSO(host.h, l, s.gso); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := ensureContainerIface(cont, pair.cont, alloc.Addr, s.pool.Gateway, s.routes, s.mtu); err != nil {
 		return nil, nil, err
@@ -268,6 +282,29 @@ func ensureVeth(host, cont *nsLink, hostName, ifName string, mtu int) (vethPair,
 func isPeer(c, h netlink.Link) bool {
 	return c.Type() == "veth" && h.Type() == "veth" &&
 		c.Attrs().ParentIndex == h.Attrs().Index && h.Attrs().ParentIndex == c.Attrs().Index
+}
+
+// ensureGSO raises l's gso_max_size and gso_ipv4_max_size to n (at most
+// what its driver takes): the udp backend writes packets of up to n bytes
+// for the workloads (subnet.json's gsoMaxSize), and a smaller limit on the
+// bridge or a host veth would make the kernel segment each of them in
+// software. n == 0, or a link already at n or above, is left alone.
+func ensureGSO(h *netlink.Handle, l netlink.Link, n int) error {
+	a := l.Attrs()
+	if a.TSOMaxSize > 0 {
+		n = min(n, int(a.TSOMaxSize))
+	}
+	if n == 0 || int(a.GSOMaxSize) >= n && (a.GSOIPv4MaxSize == 0 || int(a.GSOIPv4MaxSize) >= n) {
+		return nil
+	}
+	// ip link set $name gso_max_size $n gso_ipv4_max_size $n
+	if err := h.LinkSetGSOMaxSize(l, n); err != nil {
+		return fmt.Errorf("set gso_max_size %d on %s: %w", n, a.Name, err)
+	}
+	if err := h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
+		return fmt.Errorf("set gso_ipv4_max_size %d on %s: %w", n, a.Name, err)
+	}
+	return nil
 }
 
 // ensureBridgePort plugs the host end into the bridge and brings it up.

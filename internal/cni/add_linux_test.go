@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/tulle-net/tulle/internal/ipnet"
+	"github.com/tulle-net/tulle/internal/subnetfile"
 	"net"
 	"net/netip"
 	"strings"
@@ -538,5 +539,41 @@ func TestBridgeMACStable(t *testing.T) {
 	mustOK(t, n.plugin.Del(args("ctr-a", "eth0", a.Path(), conf)))
 	if got := link(t, n.h, testBridge).Attrs().HardwareAddr.String(); got != mac {
 		t.Fatalf("gateway MAC changed from %s to %s when a port left", mac, got)
+	}
+}
+
+// TestAddGSOMaxSize: with gsoMaxSize in subnet.json (the udp backend where
+// the kernel has BIG TCP), ADD gives the host veth and the bridge that GSO
+// limit; the container end keeps the default (its own sends are not
+// affected); without it, everything keeps the default.
+func TestAddGSOMaxSize(t *testing.T) {
+	n := newNode(t)
+	if l, err := n.h.LinkByName("lo"); err != nil || l.Attrs().GSOIPv4MaxSize == 0 {
+		t.Skip("kernel has no gso_ipv4_max_size (Linux < 6.3)")
+	}
+	n.info.GSOMaxSize = 196608
+	if err := subnetfile.Write(n.subnetFile, n.info); err != nil {
+		t.Fatal(err)
+	}
+	c := newNS(t)
+	res := n.add(t, "ctr", c, n.conf("1.0.0", nil))
+	for _, name := range []string{HostVethName("ctr", "eth0"), testBridge} {
+		a := link(t, n.h, name).Attrs()
+		if a.GSOMaxSize != 196608 || a.GSOIPv4MaxSize != 196608 {
+			t.Errorf("%s: gso_max_size %d gso_ipv4_max_size %d, want 196608", name, a.GSOMaxSize, a.GSOIPv4MaxSize)
+		}
+	}
+	if a := link(t, handle(t, c), "eth0").Attrs(); a.GSOMaxSize != 65536 {
+		t.Errorf("container eth0: gso_max_size %d, want the default 65536", a.GSOMaxSize)
+	}
+	if err := n.plugin.Check(args("ctr", "eth0", c.Path(), withPrevResult(t, n.conf("1.0.0", nil), res))); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+
+	m := newNode(t)
+	d := newNS(t)
+	m.add(t, "ctr2", d, m.conf("1.0.0", nil))
+	if a := link(t, m.h, HostVethName("ctr2", "eth0")).Attrs(); a.GSOMaxSize != 65536 {
+		t.Errorf("without gsoMaxSize: host veth gso_max_size %d, want 65536", a.GSOMaxSize)
 	}
 }

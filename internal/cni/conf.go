@@ -191,6 +191,7 @@ func validIfName(s string) bool {
 type settings struct {
 	bridge  string
 	mtu     int
+	gso     int // gso_max_size for the bridge and host veths (0: leave)
 	hairpin bool
 	pool    ipam.Pool
 	// routes are the container's routes, all via the gateway.
@@ -219,6 +220,7 @@ func resolve(conf *NetConf, info subnetfile.Info) (settings, error) {
 	if s.mtu == 0 {
 		s.mtu = info.MTU
 	}
+	s.gso = info.GSOMaxSize
 	if conf.defaultGateway() {
 		s.routes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 	} else {

@@ -67,6 +67,10 @@ type UnderlayInfo struct {
 	// Prefixes are the link's on-link IPv4 prefixes (its addresses'
 	// networks), sorted and without duplicates.
 	Prefixes []netip.Prefix
+	// BigTCP: the kernel reports the link's gso_ipv4_max_size, so it has
+	// BIG TCP for IPv4 (Linux >= 6.3): IPv4 packets over 64 KiB with a
+	// total length of 0.
+	BigTCP bool
 }
 
 // validate rejects a state Apply must not program, before any side effect.

@@ -212,7 +212,11 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 	}
 	linkState := func(l netlink.Link) obsLink {
 		a := l.Attrs()
-		return obsLink{Name: a.Name, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, MAC: a.HardwareAddr, Addrs: addrsOf[a.Index]}
+		gso := int(a.GSOMaxSize)
+		if a.GSOIPv4MaxSize > 0 {
+			gso = min(gso, int(a.GSOIPv4MaxSize))
+		}
+		return obsLink{Name: a.Name, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, MAC: a.HardwareAddr, Addrs: addrsOf[a.Index], GSO: gso, TSOMax: int(a.TSOMaxSize)}
 	}
 	vxIndex := 0
 	for _, l := range links {
@@ -220,6 +224,13 @@ func (d *Dataplane) observe(want plan.State) (observed, map[string]int, error) {
 		if b := want.Bridge; b != nil && a.Name == b.Name && l.Type() == "bridge" {
 			s := linkState(l)
 			o.Bridge = &s
+			if b.GSOMaxSize > 0 {
+				for _, p := range links {
+					if p.Attrs().MasterIndex == a.Index {
+						o.BridgePorts = append(o.BridgePorts, linkState(p))
+					}
+				}
+			}
 		}
 		if t, ok := l.(*netlink.Tuntap); ok && a.Name == plan.TUNName && t.Mode == netlink.TUNTAP_MODE_TUN {
 			s := linkState(l)
@@ -494,6 +505,20 @@ func (d *Dataplane) exec(o op, index map[string]int) error {
 			return err
 		}
 		return d.nl.LinkSetMTU(l, o.mtu)
+
+	case opSetGSO:
+		// ip link set NAME gso_max_size N gso_ipv4_max_size N
+		l, err := link()
+		if err != nil {
+			return err
+		}
+		if err := d.nl.LinkSetGSOMaxSize(l, o.gso); err != nil {
+			return fmt.Errorf("gso_max_size: %w", err)
+		}
+		if err := d.nl.LinkSetGSOIPv4MaxSize(l, o.gso); err != nil {
+			return fmt.Errorf("gso_ipv4_max_size: %w", err)
+		}
+		return nil
 
 	case opSetMAC:
 		// ip link set NAME address MAC

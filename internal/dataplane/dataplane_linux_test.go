@@ -794,3 +794,33 @@ func TestApplyKeepsGoing(t *testing.T) {
 	n.applyTwice(t, vxState(p2, p3))
 	n.checkVXLAN(t, p2, p3)
 }
+
+// TestBridgeGSO: with Bridge.GSOMaxSize (udp coalescing where the kernel
+// has BIG TCP), Apply raises the bridge and the ports it has (workloads
+// attached before) to it, and a second Apply changes nothing.
+func TestBridgeGSO(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	probe := n.link(t, "ul0").Attrs()
+	if probe.GSOIPv4MaxSize == 0 {
+		t.Skip("kernel has no gso_ipv4_max_size (Linux < 6.3)")
+	}
+	s := hostGWState()
+	s.Bridge.GSOMaxSize = plan.BigTCPPacket
+	n.apply(t, s) // makes the bridge: no ports yet, so 64 KiB at most
+	n.run(t, "ip", "link", "add", "tlport1", "type", "veth", "peer", "name", "tlport1p")
+	n.run(t, "ip", "link", "set", "tlport1", "mtu", "1450", "master", "tulle0")
+	ch := n.applyTwice(t, s)
+	if ch.Len() != 2 {
+		t.Errorf("changes %s; want gso on tulle0 and tlport1", ch)
+	}
+	for _, name := range []string{"tulle0", "tlport1"} {
+		a := n.link(t, name).Attrs()
+		if a.GSOMaxSize != plan.BigTCPPacket || a.GSOIPv4MaxSize != plan.BigTCPPacket {
+			t.Errorf("%s: gso_max_size %d gso_ipv4_max_size %d, want %d", name, a.GSOMaxSize, a.GSOIPv4MaxSize, plan.BigTCPPacket)
+		}
+	}
+	if a := n.link(t, "tlport1p").Attrs(); a.GSOMaxSize != 65536 {
+		t.Errorf("the peer (not a bridge port) changed: gso_max_size %d", a.GSOMaxSize)
+	}
+}

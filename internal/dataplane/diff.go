@@ -24,6 +24,9 @@ type observed struct {
 	Kinds map[string]string
 	// Bridge is the link named like the desired bridge, if any.
 	Bridge *obsLink
+	// BridgePorts are the links enslaved to it (only read when the plan
+	// sets the bridge's GSOMaxSize).
+	BridgePorts []obsLink
 	// VXLANs are all links of kind vxlan named plan.VXLANPrefix+"*".
 	VXLANs []obsVXLAN
 	// TUN is the TUN device named plan.TUNName, if any (whether or not the
@@ -50,6 +53,10 @@ type obsLink struct {
 	MAC  net.HardwareAddr
 	// Addrs are the link's IPv4 addresses.
 	Addrs []netip.Prefix
+	// GSO is the smaller of gso_max_size and gso_ipv4_max_size (the
+	// latter where the kernel has it); TSOMax the driver's limit for both
+	// (0: unknown).
+	GSO, TSOMax int
 }
 
 type obsVXLAN struct {
@@ -94,6 +101,7 @@ const (
 	opSetNFT
 	opDelNFT
 	opDisableIPv6
+	opSetGSO
 )
 
 // op is one kernel change. Only the fields its kind needs are set.
@@ -105,6 +113,7 @@ type op struct {
 	bridge *plan.Bridge
 	vxlan  *plan.VXLAN
 	mtu    int
+	gso    int
 	mac    net.HardwareAddr
 	addr   netip.Prefix
 	neigh  plan.Neighbor
@@ -116,6 +125,16 @@ type op struct {
 	existed bool
 	// drift explains why an existing object changes, for logs.
 	drift string
+}
+
+// gsoWanted is the GSO limit to give l for a wanted n: n, or the most its
+// driver takes (a port that is no veth may take less; the kernel then
+// segments what is larger, as it would anyway).
+func gsoWanted(l obsLink, n int) int {
+	if l.TSOMax > 0 {
+		return min(n, l.TSOMax)
+	}
+	return n
 }
 
 // String renders the op like the iproute2 or nft command with the same
@@ -138,6 +157,8 @@ func (o op) String() string {
 		return "del link " + o.dev
 	case opSetMTU:
 		return fmt.Sprintf("set link %s mtu %d", o.dev, o.mtu)
+	case opSetGSO:
+		return fmt.Sprintf("set link %s gso_max_size %d gso_ipv4_max_size %d", o.dev, o.gso, o.gso)
 	case opSetMAC:
 		return fmt.Sprintf("set link %s address %s", o.dev, o.mac)
 	case opSetUp:
@@ -235,8 +256,22 @@ func diff(have observed, want plan.State) ([]op, error) {
 				op{kind: opAddBridge, dev: b.Name, bridge: b},
 				op{kind: opAddAddr, dev: b.Name, addr: b.Addr},
 				op{kind: opSetUp, dev: b.Name})
+			// No GSOMaxSize yet: a bridge without ports takes no more
+			// than 64 KiB (its tso_max_size is its smallest port's).
 		default:
 			ops, dels = diffLink(ops, dels, *have.Bridge, b.Name, b.MTU, nil, b.Addr)
+			// Only raised, never lowered: a larger limit is harmless,
+			// and another user of the bridge may want it. The CNI
+			// plugin sets it on ports it adds; this is for older ones
+			// (and the bridge, which the plugin may not have raised
+			// before its first port).
+			if b.GSOMaxSize > 0 {
+				for _, l := range append([]obsLink{*have.Bridge}, have.BridgePorts...) {
+					if n := gsoWanted(l, b.GSOMaxSize); n > l.GSO {
+						ops = append(ops, op{kind: opSetGSO, dev: l.Name, gso: n, drift: fmt.Sprintf("gso %d", l.GSO)})
+					}
+				}
+			}
 		}
 	}
 

@@ -76,7 +76,7 @@ func inSync(s plan.State) observed {
 	o := observed{Forwarding: s.Forwarding, Kinds: map[string]string{"lo": "device", "ul0": "veth"}}
 	if b := s.Bridge; b != nil {
 		o.Kinds[b.Name] = "bridge"
-		o.Bridge = &obsLink{Name: b.Name, MTU: b.MTU, Up: true, Addrs: []netip.Prefix{b.Addr}}
+		o.Bridge = &obsLink{Name: b.Name, MTU: b.MTU, Up: true, Addrs: []netip.Prefix{b.Addr}, GSO: max(b.GSOMaxSize, 65536)}
 	}
 	if v := s.VXLAN; v != nil {
 		o.Kinds[v.Name] = "vxlan"
@@ -169,6 +169,50 @@ func TestDiff(t *testing.T) {
 				"set link tulle0 up",
 				"del addr 10.244.9.1/24 dev tulle0",
 			},
+		},
+		{
+			name: "bridge gso (udp coalescing): not on a new bridge (no ports: 64 KiB at most)",
+			have: func() observed { return inSync(plan.State{}) },
+			want: func() plan.State { s := hostGWState(); s.Bridge.GSOMaxSize = 196608; return s }(),
+			ops: []string{
+				"sysctl net.ipv4.ip_forward=1",
+				"add link tulle0 type bridge mtu 1450",
+				"add addr 10.244.1.1/24 dev tulle0",
+				"set link tulle0 up",
+				"add chain inet tulle postrouting: ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade",
+			},
+		},
+		{
+			name: "bridge gso: raised on the bridge and its ports, to what each driver takes, never lowered",
+			have: func() observed {
+				o := inSync(hostGWState())
+				o.Bridge.GSO, o.Bridge.TSOMax = 65536, 524280
+				o.BridgePorts = []obsLink{
+					{Name: "tlaaa", GSO: 65536, TSOMax: 524280},
+					{Name: "tlbbb", GSO: 196608, TSOMax: 524280},
+					{Name: "tlccc", GSO: 262144, TSOMax: 524280},
+					{Name: "tap0", GSO: 65536, TSOMax: 65536},
+					{Name: "tap1", GSO: 16384, TSOMax: 65536},
+					{Name: "old", GSO: 65536},
+				}
+				return o
+			},
+			want: func() plan.State { s := hostGWState(); s.Bridge.GSOMaxSize = 196608; return s }(),
+			ops: []string{
+				"set link tulle0 gso_max_size 196608 gso_ipv4_max_size 196608",
+				"set link tlaaa gso_max_size 196608 gso_ipv4_max_size 196608",
+				"set link tap1 gso_max_size 65536 gso_ipv4_max_size 65536",
+				"set link old gso_max_size 196608 gso_ipv4_max_size 196608",
+			},
+		},
+		{
+			name: "bridge gso not wanted: ports left alone",
+			have: func() observed {
+				o := inSync(hostGWState())
+				o.BridgePorts = []obsLink{{Name: "tlaaa", GSO: 65536, TSOMax: 524280}}
+				return o
+			},
+			want: hostGWState(),
 		},
 		{
 			name: "bridge name held by another kind of link: reported, rest done",

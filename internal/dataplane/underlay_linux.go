@@ -94,7 +94,7 @@ func Underlay(h netns.NsHandle, iface string, publicIP netip.Addr) (UnderlayInfo
 	}
 
 	a := link.Attrs()
-	u := UnderlayInfo{Name: a.Name, Index: a.Index, MTU: a.MTU, Addr: addr}
+	u := UnderlayInfo{Name: a.Name, Index: a.Index, MTU: a.MTU, Addr: addr, BigTCP: a.GSOIPv4MaxSize > 0}
 	for _, ad := range addrs {
 		p, ok := ipnet.Prefix(ad.IPNet)
 		if ad.LinkIndex != a.Index || !ok {

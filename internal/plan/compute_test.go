@@ -97,6 +97,8 @@ func TestComputeGolden(t *testing.T) {
 		{"udp-vni-port-mtu-nomasq", `{"network":"10.244.0.0/16","mtu":1480,"backend":{"type":"udp","vni":42,"port":9000}}`, udpPeers, func(l *Local) { l.IPMasq = false; l.UnderlayMTU = 9000 }},
 		{"udp-mtu-over-tunnel", `{"network":"10.244.0.0/16","mtu":1480,"backend":{"type":"udp"}}`, nil, nil},
 		{"udp-alone", `{"network":"10.244.0.0/16","backend":{"type":"udp"}}`, nil, nil},
+		{"udp-bigtcp", `{"network":"10.244.0.0/16","backend":{"type":"udp"}}`, udpPeers[:1], func(l *Local) { l.BigTCP = true }},
+		{"vxlan-bigtcp", `{"network":"10.244.0.0/16","backend":{"type":"vxlan"}}`, nil, func(l *Local) { l.BigTCP = true }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -32,4 +32,8 @@ type Local struct {
 	VTEPMAC net.HardwareAddr
 	// IPMasq turns on masquerading of traffic leaving the cluster network.
 	IPMasq bool
+	// BigTCP: the kernel takes IPv4 packets over 64 KiB (gso_ipv4_max_size,
+	// Linux >= 6.3), so the udp engine may coalesce received
+	// super-packets into larger ones (BigTCPPacket).
+	BigTCP bool
 }

@@ -15,6 +15,9 @@ func (s State) String() string {
 	}
 	if br := s.Bridge; br != nil {
 		fmt.Fprintf(&b, "link %s type bridge mtu %d\naddr %s dev %s\n", br.Name, br.MTU, br.Addr, br.Name)
+		if br.GSOMaxSize > 0 {
+			fmt.Fprintf(&b, "link %s and its ports gso_max_size %d gso_ipv4_max_size %d (at least)\n", br.Name, br.GSOMaxSize, br.GSOMaxSize)
+		}
 	}
 	if vx := s.VXLAN; vx != nil {
 		fmt.Fprintf(&b, "link %s type vxlan id %d dstport %d local %s dev %s nolearning mtu %d address %s\naddr %s dev %s\n",
@@ -27,7 +30,11 @@ func (s State) String() string {
 		}
 	}
 	if u := s.UDP; u != nil {
-		fmt.Fprintf(&b, "udp engine listen %s network %d local %s cluster %s\n", u.Listen, u.NetworkID, u.Local, u.Cluster)
+		fmt.Fprintf(&b, "udp engine listen %s network %d local %s cluster %s", u.Listen, u.NetworkID, u.Local, u.Cluster)
+		if u.MaxRXPacket > 0 {
+			fmt.Fprintf(&b, " coalesce %d", u.MaxRXPacket)
+		}
+		b.WriteString("\n")
 		for _, p := range u.Peers {
 			fmt.Fprintf(&b, "udp peer %s node %s at %s\n", p.Subnet, p.Node, netip.AddrPortFrom(p.PublicIP, p.Port))
 		}

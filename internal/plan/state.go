@@ -12,6 +12,10 @@ const (
 	// RouteProtocol tags every route tulle installs (see /etc/iproute2/rt_protos;
 	// 0xc5 is unassigned). Reconcile only reads and deletes routes with it.
 	RouteProtocol = 197
+	// BigTCPPacket is the packet size the udp engine coalesces received
+	// super-packets up to where the kernel has BIG TCP for IPv4: three
+	// 64 KiB TSO super-packets (and Cilium's BIG TCP default).
+	BigTCPPacket = 196608
 	// BridgeName is the local workload bridge.
 	BridgeName = "tulle0"
 	// VXLANPrefix + VNI names the VXLAN device ("tulle.1").
@@ -68,6 +72,13 @@ type Bridge struct {
 	// Addr is the gateway address with the subnet's prefix length (.1/24).
 	Addr netip.Prefix
 	MTU  int
+	// GSOMaxSize, if not 0, is the gso_max_size and gso_ipv4_max_size the
+	// bridge and every port on it (the workloads' host-side veths) get at
+	// least: the udp engine writes packets that large for the workloads
+	// (UDP.MaxRXPacket), which a smaller limit on the way would make the
+	// kernel cut into segments in software. The CNI plugin sets it on new
+	// ports (subnet.json); the dataplane on ports that predate it.
+	GSOMaxSize int
 }
 
 // VXLAN is the node's VXLAN tunnel endpoint.
@@ -109,6 +120,9 @@ type UDP struct {
 	Local, Cluster netip.Prefix
 	// Peers are the other nodes, sorted by subnet.
 	Peers []UDPPeer
+	// MaxRXPacket is the largest packet the engine writes into the TUN
+	// device when it coalesces received super-packets (0: 64 KiB).
+	MaxRXPacket int
 }
 
 // UDPPeer is one remote node of the udp backend: packets to Subnet go in a

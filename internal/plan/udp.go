@@ -48,6 +48,10 @@ func computeUDP(st *State, in Input) error {
 		Local:     self.Subnet,
 		Cluster:   cfg.Network,
 	}
+	if in.Local.BigTCP {
+		u.MaxRXPacket = BigTCPPacket
+		st.Bridge.GSOMaxSize = BigTCPPacket
+	}
 	st.UDP = u
 	st.Routes = append(st.Routes, Route{Dst: cfg.Network, Dev: tun.Name})
 	for _, p := range in.Peers {

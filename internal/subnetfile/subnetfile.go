@@ -38,7 +38,14 @@ type Info struct {
 	Node string `json:"node"`
 	// Backend is the backend type.
 	Backend string `json:"backend"`
+	// GSOMaxSize, if not 0, is the gso_max_size and gso_ipv4_max_size the
+	// plugin gives each workload's host-side veth (and the bridge): the
+	// udp backend writes packets that large for workloads (BIG TCP).
+	GSOMaxSize int `json:"gsoMaxSize,omitempty"`
 }
+
+// MaxGSOSize is Linux's GSO_MAX_SIZE, the largest GSOMaxSize.
+const MaxGSOSize = 524280
 
 // ErrMissing is wrapped when the file does not exist.
 var ErrMissing = errors.New("subnetfile: missing")
@@ -50,6 +57,8 @@ func (i Info) Validate() error {
 		return errors.New("network is missing")
 	case !i.Subnet.IsValid() || !i.Network.Contains(i.Subnet.Addr()):
 		return fmt.Errorf("subnet %s is not inside network %s", i.Subnet, i.Network)
+	case i.GSOMaxSize != 0 && (i.GSOMaxSize < 65536 || i.GSOMaxSize > MaxGSOSize):
+		return fmt.Errorf("gsoMaxSize %d is outside 65536-%d", i.GSOMaxSize, MaxGSOSize)
 	case !i.Subnet.Contains(i.Gateway):
 		return fmt.Errorf("gateway %s is not inside subnet %s", i.Gateway, i.Subnet)
 	case i.MTU < 576:

@@ -42,6 +42,8 @@ type Engine struct {
 	NetworkID uint32         `json:"networkID"`
 	Local     netip.Prefix   `json:"local"`
 	Cluster   netip.Prefix   `json:"cluster"`
+	// MaxRXPacket is udptun.Config.MaxRXPacket (0: 64 KiB).
+	MaxRXPacket int `json:"maxRXPacket,omitempty"`
 }
 
 // Peer is one remote node.
@@ -68,6 +70,8 @@ func (f File) Validate() error {
 		return fmt.Errorf("engine.local %s or engine.cluster %s is not an IPv4 prefix", e.Local, e.Cluster)
 	case !e.Cluster.Contains(e.Local.Addr()):
 		return fmt.Errorf("engine.local %s is outside engine.cluster %s", e.Local, e.Cluster)
+	case e.MaxRXPacket != 0 && (e.MaxRXPacket < 65535 || e.MaxRXPacket > 262144):
+		return fmt.Errorf("engine.maxRXPacket %d is outside 65535-262144 (0: 65535)", e.MaxRXPacket)
 	}
 	for i, p := range f.Peers {
 		if !p.Subnet.IsValid() || !p.Subnet.Addr().Is4() || !p.PublicIP.Is4() || p.Port == 0 {
