@@ -21,8 +21,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -516,4 +519,123 @@ func (l *udpListener) receive(d time.Duration) string {
 		return ""
 	}
 	return string(buf[:n])
+}
+
+// TestUDPCoalescesBulkTCP: a bulk TCP transfer between containers on two
+// udp nodes arrives intact while the receiving engine merges super-packets
+// into BIG TCP packets (where the kernel has IPv4 BIG TCP: the bridge and
+// the workloads' host veths then take 196608-byte packets, set by the
+// dataplane and the CNI plugin).
+func TestUDPCoalescesBulkTCP(t *testing.T) {
+	requireE2E(t)
+	l := upLab(t, lab.Options{Name: "ud7", Nodes: 2, Containers: 1, Backend: "udp"})
+	st := l.State()
+	n2 := st.Nodes[1]
+	bigTCP := false
+	if lo, err := handle(t, n2.NS).LinkByName("lo"); err == nil {
+		bigTCP = lo.Attrs().GSOIPv4MaxSize > 0
+	}
+	if bigTCP {
+		h := handle(t, n2.NS)
+		links, err := h.LinkList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		br, err := h.LinkByName(plan.BridgeName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports := 0
+		for _, lk := range links {
+			a := lk.Attrs()
+			if a.Index != br.Attrs().Index && a.MasterIndex != br.Attrs().Index {
+				continue
+			}
+			ports++
+			if a.GSOMaxSize < plan.BigTCPPacket || a.GSOIPv4MaxSize < plan.BigTCPPacket {
+				t.Errorf("%s %s: gso_max_size %d gso_ipv4_max_size %d, want >= %d", n2.Name, a.Name, a.GSOMaxSize, a.GSOIPv4MaxSize, plan.BigTCPPacket)
+			}
+		}
+		if ports != 2 {
+			t.Errorf("%s: bridge and %d ports, want the bridge and 1 port", n2.Name, ports-1)
+		}
+	}
+
+	dst := netip.AddrPortFrom(n2.Containers[0].IP.Addr(), 5301).String()
+	srvNS, err := netns.Open(n2.Containers[0].NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvNS.Close()
+	cliNS, err := netns.Open(st.Nodes[0].Containers[0].NS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cliNS.Close()
+	var ln net.Listener
+	if err := netns.Do(srvNS, func() (err error) { ln, err = net.Listen("tcp4", dst); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type result struct {
+		n   int64
+		sum [32]byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		var r result
+		r.n, r.err = n, err
+		copy(r.sum[:], h.Sum(nil))
+		got <- r
+	}()
+
+	before := udpMetrics(t, l, "node2")
+	const total = 256 << 20
+	var c net.Conn
+	if err := netns.Do(cliNS, func() (err error) { c, err = net.DialTimeout("tcp4", dst, 3*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	src := rand.NewChaCha8([32]byte{7})
+	h := sha256.New()
+	buf := make([]byte, 1<<20)
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	for sent := 0; sent < total; sent += len(buf) {
+		src.Read(buf)
+		h.Write(buf)
+		if _, err := c.Write(buf); err != nil {
+			t.Fatalf("send after %d bytes: %v", sent, err)
+		}
+	}
+	c.Close()
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(60 * time.Second):
+		t.Fatal("receiver did not finish")
+	}
+	if r.err != nil || r.n != total || !bytes.Equal(r.sum[:], h.Sum(nil)) {
+		t.Fatalf("received %d bytes (err %v), want %d; sha256 equal: %t", r.n, r.err, total, bytes.Equal(r.sum[:], h.Sum(nil)))
+	}
+	after := udpMetrics(t, l, "node2")
+	merged := after[`tulle_udp_coalesced_total{result="merged"}`] - before[`tulle_udp_coalesced_total{result="merged"}`]
+	super := after[`tulle_udp_super_packets_total{direction="in"}`] - before[`tulle_udp_super_packets_total{direction="in"}`]
+	t.Logf("node2: %v super-packets in, %v merged into the one before (BIG TCP %t)", super, merged, bigTCP)
+	if super == 0 {
+		t.Error("no super-packets received: TSO is not tunnelled whole")
+	}
+	if bigTCP && merged == 0 {
+		t.Error("nothing coalesced in a 256 MiB transfer")
+	}
+	if d := udpDrops(after); d != "" {
+		t.Errorf("node2 dropped packets: %s", d)
+	}
 }
