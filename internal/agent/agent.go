@@ -346,6 +346,7 @@ func (a *Agent) loop(ctx context.Context, dp *dataplane.Dataplane, snaps <-chan 
 			if st.Bridge != nil {
 				info.GSOMaxSize = st.Bridge.GSOMaxSize
 			}
+			info.WorkloadGSOMaxSize = st.WorkloadGSOMaxSize
 			if err := subnetfile.Write(a.SubnetFile(), info); err != nil {
 				return err
 			}

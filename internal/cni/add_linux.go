@@ -117,6 +117,9 @@ func (p *Plugin) add(args *skel.CmdArgs) (_ *NetConf, _ *current.Result, err err
 	if err := ensureContainerIface(cont, pair.cont, alloc.Addr, s.pool.Gateway, s.routes, s.mtu); err != nil {
 		return nil, nil, err
 	}
+	if err := capGSO(cont, pair.cont, s.ctrGSO); err != nil {
+		return nil, nil, err
+	}
 	// Last, so that a taken host port (or any other failure) is undone by
 	// removing the veth and the allocation; the ports batch itself is
 	// atomic.
@@ -303,6 +306,29 @@ func ensureGSO(h *netlink.Handle, l netlink.Link, n int) error {
 	}
 	if err := h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
 		return fmt.Errorf("set gso_ipv4_max_size %d on %s: %w", n, a.Name, err)
+	}
+	return nil
+}
+
+// capGSO lowers the container interface l's gso_max_size (and
+// gso_ipv4_max_size) to n: the udp backend sends a TSO super-packet of up
+// to n bytes in one UDP GSO send (subnet.json's workloadGSOMaxSize), a
+// larger one in two. n == 0, or a link already at n or below, is left
+// alone.
+func capGSO(c *nsLink, l netlink.Link, n int) error {
+	a := l.Attrs()
+	if n == 0 || int(a.GSOMaxSize) <= n && int(a.GSOIPv4MaxSize) <= n {
+		return nil
+	}
+	where := c.ns.Path()
+	// ip link set $name gso_max_size $n gso_ipv4_max_size $n
+	if err := c.h.LinkSetGSOMaxSize(l, n); err != nil {
+		return fmt.Errorf("set gso_max_size %d on %s in netns %s: %w", n, a.Name, where, err)
+	}
+	if a.GSOIPv4MaxSize > 0 {
+		if err := c.h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
+			return fmt.Errorf("set gso_ipv4_max_size %d on %s in netns %s: %w", n, a.Name, where, err)
+		}
 	}
 	return nil
 }

@@ -544,14 +544,15 @@ func TestBridgeMACStable(t *testing.T) {
 
 // TestAddGSOMaxSize: with gsoMaxSize in subnet.json (the udp backend where
 // the kernel has BIG TCP), ADD gives the host veth and the bridge that GSO
-// limit; the container end keeps the default (its own sends are not
-// affected); without it, everything keeps the default.
+// limit; with workloadGSOMaxSize (the udp backend's largest super-packet
+// for one UDP send) the container's eth0 gets that one; without them,
+// everything keeps the default.
 func TestAddGSOMaxSize(t *testing.T) {
 	n := newNode(t)
 	if l, err := n.h.LinkByName("lo"); err != nil || l.Attrs().GSOIPv4MaxSize == 0 {
 		t.Skip("kernel has no gso_ipv4_max_size (Linux < 6.3)")
 	}
-	n.info.GSOMaxSize = 196608
+	n.info.GSOMaxSize, n.info.WorkloadGSOMaxSize = 196608, 64272
 	if err := subnetfile.Write(n.subnetFile, n.info); err != nil {
 		t.Fatal(err)
 	}
@@ -563,8 +564,8 @@ func TestAddGSOMaxSize(t *testing.T) {
 			t.Errorf("%s: gso_max_size %d gso_ipv4_max_size %d, want 196608", name, a.GSOMaxSize, a.GSOIPv4MaxSize)
 		}
 	}
-	if a := link(t, handle(t, c), "eth0").Attrs(); a.GSOMaxSize != 65536 {
-		t.Errorf("container eth0: gso_max_size %d, want the default 65536", a.GSOMaxSize)
+	if a := link(t, handle(t, c), "eth0").Attrs(); a.GSOMaxSize != 64272 || a.GSOIPv4MaxSize != 64272 {
+		t.Errorf("container eth0: gso_max_size %d gso_ipv4_max_size %d, want 64272", a.GSOMaxSize, a.GSOIPv4MaxSize)
 	}
 	if err := n.plugin.Check(args("ctr", "eth0", c.Path(), withPrevResult(t, n.conf("1.0.0", nil), res))); err != nil {
 		t.Errorf("CHECK: %v", err)
@@ -575,5 +576,8 @@ func TestAddGSOMaxSize(t *testing.T) {
 	m.add(t, "ctr2", d, m.conf("1.0.0", nil))
 	if a := link(t, m.h, HostVethName("ctr2", "eth0")).Attrs(); a.GSOMaxSize != 65536 {
 		t.Errorf("without gsoMaxSize: host veth gso_max_size %d, want 65536", a.GSOMaxSize)
+	}
+	if a := link(t, handle(t, d), "eth0").Attrs(); a.GSOMaxSize != 65536 {
+		t.Errorf("without workloadGSOMaxSize: container eth0 gso_max_size %d, want 65536", a.GSOMaxSize)
 	}
 }

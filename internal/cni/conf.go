@@ -192,6 +192,7 @@ type settings struct {
 	bridge  string
 	mtu     int
 	gso     int // gso_max_size for the bridge and host veths (0: leave)
+	ctrGSO  int // gso_max_size for the container's interface, at most (0: leave)
 	hairpin bool
 	pool    ipam.Pool
 	// routes are the container's routes, all via the gateway.
@@ -220,7 +221,7 @@ func resolve(conf *NetConf, info subnetfile.Info) (settings, error) {
 	if s.mtu == 0 {
 		s.mtu = info.MTU
 	}
-	s.gso = info.GSOMaxSize
+	s.gso, s.ctrGSO = info.GSOMaxSize, info.WorkloadGSOMaxSize
 	if conf.defaultGateway() {
 		s.routes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
 	} else {

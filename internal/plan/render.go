@@ -53,6 +53,9 @@ func (s State) String() string {
 		fmt.Fprintf(&b, "nft inet %s postrouting: ip saddr %s ip daddr != %s masquerade\n", NFTTable, m.Source, m.Network)
 	}
 	fmt.Fprintf(&b, "workload mtu %d\n", s.WorkloadMTU)
+	if s.WorkloadGSOMaxSize > 0 {
+		fmt.Fprintf(&b, "workload gso_max_size %d\n", s.WorkloadGSOMaxSize)
+	}
 	for _, w := range s.Warnings {
 		fmt.Fprintf(&b, "warning: %s\n", w)
 	}

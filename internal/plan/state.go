@@ -61,6 +61,11 @@ type State struct {
 	Masquerade *Masquerade
 	// WorkloadMTU is the MTU workloads get (written to subnet.json).
 	WorkloadMTU int
+	// WorkloadGSOMaxSize, if not 0, is the gso_max_size workloads' eth0
+	// gets (subnet.json; the CNI plugin sets it): with the udp backend,
+	// the largest TSO super-packet that leaves in one UDP GSO send
+	// (udptun.MaxSuperPacket).
+	WorkloadGSOMaxSize int
 	// Warnings are non-fatal findings the agent logs (e.g. a host-gw
 	// peer that is not on-link).
 	Warnings []string

@@ -6,6 +6,7 @@ import (
 
 	"github.com/tulle-net/tulle/internal/config"
 	"github.com/tulle-net/tulle/internal/lease"
+	"github.com/tulle-net/tulle/internal/udptun"
 )
 
 // computeUDP is the udp backend's rule set (issue 5). The kernel only
@@ -38,6 +39,7 @@ func computeUDP(st *State, in Input) error {
 		DisableIPv6: true,
 	}
 	st.TUN = tun
+	st.WorkloadGSOMaxSize = udptun.MaxSuperPacket(tun.MTU)
 	if st.WorkloadMTU > tun.MTU {
 		st.Warnings = append(st.Warnings, fmt.Sprintf("mtu %d is above the udp tunnel's %d (underlay %d - %d): larger packets are dropped with ICMP fragmentation-needed",
 			st.WorkloadMTU, tun.MTU, in.Local.UnderlayMTU, UDPOverhead))

@@ -42,6 +42,10 @@ type Info struct {
 	// plugin gives each workload's host-side veth (and the bridge): the
 	// udp backend writes packets that large for workloads (BIG TCP).
 	GSOMaxSize int `json:"gsoMaxSize,omitempty"`
+	// WorkloadGSOMaxSize, if not 0, is the gso_max_size (and
+	// gso_ipv4_max_size) the plugin gives each workload's eth0, at most:
+	// the udp backend's largest super-packet that leaves in one UDP send.
+	WorkloadGSOMaxSize int `json:"workloadGSOMaxSize,omitempty"`
 }
 
 // MaxGSOSize is Linux's GSO_MAX_SIZE, the largest GSOMaxSize.
@@ -59,6 +63,8 @@ func (i Info) Validate() error {
 		return fmt.Errorf("subnet %s is not inside network %s", i.Subnet, i.Network)
 	case i.GSOMaxSize != 0 && (i.GSOMaxSize < 65536 || i.GSOMaxSize > MaxGSOSize):
 		return fmt.Errorf("gsoMaxSize %d is outside 65536-%d", i.GSOMaxSize, MaxGSOSize)
+	case i.WorkloadGSOMaxSize != 0 && (i.WorkloadGSOMaxSize < 16384 || i.WorkloadGSOMaxSize > 65536):
+		return fmt.Errorf("workloadGSOMaxSize %d is outside 16384-65536", i.WorkloadGSOMaxSize)
 	case !i.Subnet.Contains(i.Gateway):
 		return fmt.Errorf("gateway %s is not inside subnet %s", i.Gateway, i.Subnet)
 	case i.MTU < 576:

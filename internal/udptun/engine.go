@@ -44,7 +44,30 @@ const (
 	txChunkHdrs = txIovs / 2
 	// maxGSOBytes caps one UDP GSO send (the UDP length field is 16 bits).
 	maxGSOBytes = 65000
+	// maxGSOSegments is what one UDP GSO send may carry (UDP_MAX_SEGMENTS
+	// is 64 on older kernels, 128 on newer ones).
+	maxGSOSegments = 64
 )
+
+// MaxSuperPacket is the largest TSO super-packet (IPv4 bytes) that leaves
+// in one UDP GSO send through an engine with TUN MTU mtu: its chunks are
+// datagrams of mtu + HeaderLen bytes (the last one shorter), each with a
+// chunk header, and one send takes at most maxGSOSegments datagrams and
+// maxGSOBytes bytes. A larger one takes a second send for its last chunk:
+// a second skb on every hop of the underlay path and a second GRO message
+// at the receiver, for a few hundred bytes. The agent has workloads' TCP
+// build super-packets no larger (gso_max_size on their eth0, through
+// subnet.json).
+func MaxSuperPacket(mtu int) int {
+	d := mtu + HeaderLen
+	best := 0
+	for m := 1; m <= maxGSOSegments; m++ { // m datagrams
+		byBytes := maxGSOBytes - firstChunkHdrLen - (m-1)*chunkHdrLen
+		byDgrams := d - firstChunkHdrLen + (m-1)*(d-chunkHdrLen)
+		best = max(best, min(byBytes, byDgrams))
+	}
+	return min(best, maxPacket)
+}
 
 // ICMP error rate limit (per engine): a token bucket of icmpBurst errors
 // refilled at icmpPerSec, like net.ipv4.icmp_msgs_per_sec.

@@ -753,3 +753,25 @@ func TestGROCandidates(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxSuperPacket: a super-packet of MaxSuperPacket bytes leaves in one
+// UDP GSO send, one byte more in two, for small, common and jumbo MTUs.
+func TestMaxSuperPacket(t *testing.T) {
+	for _, mtu := range []int{576 - Overhead, 1500 - Overhead, 1450, 9000 - Overhead} {
+		n := MaxSuperPacket(mtu)
+		if mtu == 1464 && n != 64272 {
+			t.Errorf("MTU 1464: %d, want 64272 (45 datagrams, 65000 bytes)", n)
+		}
+		for _, size := range []int{n, n + 1} {
+			p, v := tcpSuper("10.244.1.5", "10.244.2.9", 64, size-52, min(mtu-52, 1412), 3)
+			_, _, conn := txDatagramsMTU(t, mtu, maxGSOSegments, rawFrame(v, p))
+			want := 1
+			if size > n {
+				want = 2
+			}
+			if size <= maxPacket && conn.msgs != want {
+				t.Errorf("MTU %d: a %d-byte super-packet took %d sends, want %d", mtu, size, conn.msgs, want)
+			}
+		}
+	}
+}

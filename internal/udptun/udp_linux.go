@@ -19,10 +19,6 @@ import (
 // burst fills that in 170 us.
 const socketBuffer = 16 << 20
 
-// maxGSOSegments is what one UDP GSO send may carry (UDP_MAX_SEGMENTS is 64
-// on older kernels, 128 on newer ones).
-const maxGSOSegments = 64
-
 // udpConn is the underlay socket with recvmmsg/sendmmsg, UDP GSO on send
 // and UDP GRO on receive when the kernel has them. The mmsghdr, iovec,
 // address and control arrays are allocated once; a batch only fills them

@@ -40,6 +40,7 @@ import (
 	"github.com/tulle-net/tulle/internal/lab"
 	"github.com/tulle-net/tulle/internal/netns"
 	"github.com/tulle-net/tulle/internal/plan"
+	"github.com/tulle-net/tulle/internal/udptun"
 )
 
 const udpPort = 8285 // config.DefaultUDPPort
@@ -525,7 +526,8 @@ func (l *udpListener) receive(d time.Duration) string {
 // udp nodes arrives intact while the receiving engine merges super-packets
 // into BIG TCP packets (where the kernel has IPv4 BIG TCP: the bridge and
 // the workloads' host veths then take 196608-byte packets, set by the
-// dataplane and the CNI plugin).
+// dataplane and the CNI plugin); the sending container's eth0 is capped at
+// the largest super-packet that leaves in one UDP send.
 func TestUDPCoalescesBulkTCP(t *testing.T) {
 	requireE2E(t)
 	l := upLab(t, lab.Options{Name: "ud7", Nodes: 2, Containers: 1, Backend: "udp"})
@@ -559,6 +561,15 @@ func TestUDPCoalescesBulkTCP(t *testing.T) {
 		if ports != 2 {
 			t.Errorf("%s: bridge and %d ports, want the bridge and 1 port", n2.Name, ports-1)
 		}
+	}
+
+	// The sender's TCP builds super-packets that leave in one UDP send.
+	eth0, err := handle(t, st.Nodes[0].Containers[0].NS).LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := udptun.MaxSuperPacket(1500 - udptun.Overhead); int(eth0.Attrs().GSOMaxSize) != want {
+		t.Errorf("node1/c1 eth0 gso_max_size %d, want %d (udptun.MaxSuperPacket)", eth0.Attrs().GSOMaxSize, want)
 	}
 
 	dst := netip.AddrPortFrom(n2.Containers[0].IP.Addr(), 5301).String()
