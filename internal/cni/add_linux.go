@@ -300,14 +300,7 @@ func ensureGSO(h *netlink.Handle, l netlink.Link, n int) error {
 	if n == 0 || int(a.GSOMaxSize) >= n && (a.GSOIPv4MaxSize == 0 || int(a.GSOIPv4MaxSize) >= n) {
 		return nil
 	}
-	// ip link set $name gso_max_size $n gso_ipv4_max_size $n
-	if err := h.LinkSetGSOMaxSize(l, n); err != nil {
-		return fmt.Errorf("set gso_max_size %d on %s: %w", n, a.Name, err)
-	}
-	if err := h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
-		return fmt.Errorf("set gso_ipv4_max_size %d on %s: %w", n, a.Name, err)
-	}
-	return nil
+	return setGSO(h, l, n, "")
 }
 
 // capGSO lowers the container interface l's gso_max_size (and
@@ -320,14 +313,20 @@ func capGSO(c *nsLink, l netlink.Link, n int) error {
 	if n == 0 || int(a.GSOMaxSize) <= n && int(a.GSOIPv4MaxSize) <= n {
 		return nil
 	}
-	where := c.ns.Path()
+	return setGSO(c.h, l, n, " in netns "+c.ns.Path())
+}
+
+// setGSO sets l's gso_max_size and, where the kernel has it (Linux >= 6.3
+// reports it), gso_ipv4_max_size to n; where names l's namespace in errors.
+func setGSO(h *netlink.Handle, l netlink.Link, n int, where string) error {
+	a := l.Attrs()
 	// ip link set $name gso_max_size $n gso_ipv4_max_size $n
-	if err := c.h.LinkSetGSOMaxSize(l, n); err != nil {
-		return fmt.Errorf("set gso_max_size %d on %s in netns %s: %w", n, a.Name, where, err)
+	if err := h.LinkSetGSOMaxSize(l, n); err != nil {
+		return fmt.Errorf("set gso_max_size %d on %s%s: %w", n, a.Name, where, err)
 	}
 	if a.GSOIPv4MaxSize > 0 {
-		if err := c.h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
-			return fmt.Errorf("set gso_ipv4_max_size %d on %s in netns %s: %w", n, a.Name, where, err)
+		if err := h.LinkSetGSOIPv4MaxSize(l, n); err != nil {
+			return fmt.Errorf("set gso_ipv4_max_size %d on %s%s: %w", n, a.Name, where, err)
 		}
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/tulle-net/tulle/internal/atomicfile"
+	"github.com/tulle-net/tulle/internal/udptun"
 )
 
 // FileName is the file's name in the agent's state directory.
@@ -70,8 +71,8 @@ func (f File) Validate() error {
 		return fmt.Errorf("engine.local %s or engine.cluster %s is not an IPv4 prefix", e.Local, e.Cluster)
 	case !e.Cluster.Contains(e.Local.Addr()):
 		return fmt.Errorf("engine.local %s is outside engine.cluster %s", e.Local, e.Cluster)
-	case e.MaxRXPacket != 0 && (e.MaxRXPacket < 65535 || e.MaxRXPacket > 262144):
-		return fmt.Errorf("engine.maxRXPacket %d is outside 65535-262144 (0: 65535)", e.MaxRXPacket)
+	case e.MaxRXPacket != 0 && (e.MaxRXPacket < 65535 || e.MaxRXPacket > udptun.MaxRXPacketLimit):
+		return fmt.Errorf("engine.maxRXPacket %d is outside 65535-%d (0: 65535)", e.MaxRXPacket, udptun.MaxRXPacketLimit)
 	}
 	for i, p := range f.Peers {
 		if !p.Subnet.IsValid() || !p.Subnet.Addr().Is4() || !p.PublicIP.Is4() || p.Port == 0 {
